@@ -1,0 +1,59 @@
+"""jaxhooks: TensorFlow 1 training-loop hooks for JAX, Flax, Optax and Orbax.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> import jaxhooks as jh
+  >>> train_step = jax.jit(lambda s, b: ({"step": s["step"] + 1}, {}))
+  >>> step = jh.wrap(train_step, hooks=[jh.StopAtStepHook(last_step=2)])
+  >>> state = step.begin({"step": jnp.array(0)})
+  >>> stop = step.should_stop
+  >>> while not stop:
+  ...   state, outputs, stop = step(state, None)
+  >>> step.step
+  2
+"""
+
+from jaxhooks.basic_hooks import FeedFnHook, FinalOpsHook, LambdaHook
+from jaxhooks.coord import Coordinator
+from jaxhooks.errors import (LifecycleError, NanLossDuringTrainingError,
+                             StepMismatchError)
+from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
+                           Session, SessionRunArgs, SessionRunContext,
+                           SessionRunHook, SessionRunValues)
+from jaxhooks.log_hooks import LoggingTensorHook, StepCounterHook
+from jaxhooks.nan_hook import NanTensorHook
+from jaxhooks.runner import HookedStep, wrap
+from jaxhooks.session import MonitoredTrainingSession
+from jaxhooks.stop_hooks import GlobalStepWaiterHook, StopAtStepHook
+from jaxhooks.timer import SecondOrStepTimer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Coordinator",
+    "FeedFnHook",
+    "FinalOpsHook",
+    "GLOBAL_STEP",
+    "GlobalStepWaiterHook",
+    "Hook",
+    "HookedStep",
+    "LambdaHook",
+    "LifecycleError",
+    "LoggingTensorHook",
+    "MonitoredTrainingSession",
+    "NanLossDuringTrainingError",
+    "NanTensorHook",
+    "RunArgs",
+    "RunContext",
+    "RunValues",
+    "SecondOrStepTimer",
+    "Session",
+    "SessionRunArgs",
+    "SessionRunContext",
+    "SessionRunHook",
+    "SessionRunValues",
+    "StepCounterHook",
+    "StepMismatchError",
+    "StopAtStepHook",
+    "wrap",
+]

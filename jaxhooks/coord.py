@@ -1,0 +1,63 @@
+"""The stop coordinator handed to ``after_create_session(session, coord)``.
+
+In one process it records stop requests and their reasons. Decisions that
+follow from the global step alone (``StopAtStepHook``) are the same on every
+process by construction; ``request_stop`` from a host-local cause is what a
+multi-process coordinator has to agree on.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import jax
+
+__all__ = ["Coordinator"]
+
+
+class Coordinator:
+  """Collects stop requests for one training session.
+
+  Example:
+    >>> coord = Coordinator()
+    >>> coord.should_stop()
+    False
+    >>> coord.request_stop("StopAtStepHook: step 10 reached last_step 10")
+    >>> coord.should_stop(), coord.stop_reasons
+    (True, ('StopAtStepHook: step 10 reached last_step 10',))
+  """
+
+  def __init__(self, *, process_index: Optional[int] = None,
+               process_count: Optional[int] = None):
+    self._process_index = (jax.process_index() if process_index is None
+                           else process_index)
+    self._process_count = (jax.process_count() if process_count is None
+                           else process_count)
+    self._reasons: List[str] = []
+
+  @property
+  def process_index(self) -> int:
+    return self._process_index
+
+  @property
+  def process_count(self) -> int:
+    return self._process_count
+
+  @property
+  def is_primary(self) -> bool:
+    return self._process_index == 0
+
+  def request_stop(self, reason: str = "stop requested") -> None:
+    """Asks the loop to stop after the current step."""
+    self._reasons.append(str(reason))
+
+  def should_stop(self) -> bool:
+    return bool(self._reasons)
+
+  @property
+  def stop_reasons(self) -> tuple:
+    return tuple(self._reasons)
+
+  def __repr__(self) -> str:
+    return (f"Coordinator(process={self._process_index}/"
+            f"{self._process_count}, stop_reasons={self._reasons})")

@@ -1,0 +1,106 @@
+"""Reading what hooks ask for: one ``jax.device_get`` per step, or none.
+
+``RunArgs.fetches`` is a nested structure whose leaves are output names,
+:data:`~jaxhooks.GLOBAL_STEP`, or functions of ``(state, outputs)``. The
+runner resolves every hook's leaves to device arrays, reads all of them in a
+single ``jax.device_get``, and hands each hook its own structure back with
+host values at the leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, List, Sequence
+
+import jax
+import numpy as np
+
+from jaxhooks.hook import GLOBAL_STEP
+
+__all__ = ["default_step_fn", "resolve_fetches", "read_step"]
+
+
+def _is_fetch_leaf(x: Any) -> bool:
+  return isinstance(x, str) or x is GLOBAL_STEP or callable(x)
+
+
+def default_step_fn(state: Any) -> Any:
+  """``state.step``, or ``state["step"]`` for a dict state."""
+  if isinstance(state, Mapping):
+    return state["step"]
+  return state.step
+
+
+def read_step(step_fn: Callable[[Any], Any], state: Any, *,
+              custom: bool) -> Any:
+  """Returns the step array of ``state`` (not yet on the host).
+
+  Raises:
+    TypeError: the state has no step, or the step is not an integer scalar.
+  """
+  try:
+    step = step_fn(state)
+  except (AttributeError, KeyError, TypeError) as e:
+    if custom:
+      raise TypeError(
+          f"`step_fn` failed on the state ({type(state).__name__}): "
+          f"{type(e).__name__}: {e}") from e
+    raise TypeError(
+        f"`state` has no step: got a {type(state).__name__} without a "
+        "`.step` attribute or 'step' key. Pass `step_fn=` (a function "
+        "returning the completed-update count of the state), e.g. "
+        "`step_fn=lambda s: s['opt'].step` for a dict or Flax NNX state."
+    ) from e
+  shape = np.shape(step)
+  dtype = getattr(step, "dtype", np.asarray(step).dtype)
+  if shape != () or not np.issubdtype(dtype, np.integer):
+    what = "`step_fn(state)`" if custom else "`state.step`"
+    raise TypeError(
+        f"{what} must be an integer scalar, got dtype={dtype} shape={shape}.")
+  return step
+
+
+def _resolve_leaf(leaf: Any, state: Any, outputs: Any,
+                  step_fn: Callable[[Any], Any]) -> Any:
+  if leaf is GLOBAL_STEP:
+    return step_fn(state)
+  if isinstance(leaf, str):
+    if not isinstance(outputs, Mapping):
+      raise TypeError(
+          f"A hook fetches the output {leaf!r}, but the step's `outputs` is "
+          f"a {type(outputs).__name__}, not a dict of named outputs.")
+    try:
+      return outputs[leaf]
+    except KeyError:
+      raise ValueError(
+          f"A hook fetches the output {leaf!r}, which the step does not "
+          f"return; `outputs` has keys {sorted(map(str, outputs))}.") from None
+  return leaf(state, outputs)
+
+
+def resolve_fetches(fetches: Sequence[Any], state: Any, outputs: Any,
+                    step_fn: Callable[[Any], Any]) -> List[Any]:
+  """Reads a list of fetch structures (``None`` entries stay ``None``).
+
+  All device values are read with exactly one ``jax.device_get``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxhooks.hook import GLOBAL_STEP
+    >>> state = {"step": jnp.array(3)}
+    >>> resolve_fetches([None, {"l": "loss", "s": GLOBAL_STEP}], state,
+    ...                 {"loss": jnp.array(0.5)}, default_step_fn)
+    [None, {'l': array(0.5, dtype=float32), 's': array(3, dtype=int32)}]
+  """
+  device = [
+      None if f is None else jax.tree_util.tree_map(
+          lambda x: _resolve_leaf(x, state, outputs, step_fn), f,
+          is_leaf=_is_fetch_leaf) for f in fetches
+  ]
+  return jax.device_get(device)
+
+
+def wants_step(fetches: Any) -> bool:
+  """True when a fetch structure holds :data:`GLOBAL_STEP`."""
+  leaves = jax.tree_util.tree_leaves(fetches, is_leaf=_is_fetch_leaf)
+  return any(x is GLOBAL_STEP for x in leaves)

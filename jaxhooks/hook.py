@@ -1,0 +1,251 @@
+"""The hook interface: ``SessionRunHook`` and the values handed to it.
+
+A hook observes and steers a training loop built on a jitted
+``train_step(state, batch) -> (state, outputs)``. The loop that
+:func:`jaxhooks.wrap` builds calls the hooks in this order::
+
+  call hooks.begin()
+  state = restore(state)                      # latest checkpoint, if any
+  call hooks.after_create_session(session, coord)
+  while not stop:
+    for hook in hooks: args.append(hook.before_run(run_context))
+    state, outputs = train_step(state, batch)   # async dispatch, no sync
+    values = jax.device_get(every fetch of every hook)   # only if any
+    for hook in hooks: hook.after_run(run_context, run_values)
+  call hooks.end(session)
+
+Every ``after_run`` runs even when an earlier hook requested stop. When the
+data ends (``StopIteration``) ``after_run`` is skipped for that step and
+``end`` still runs; any other exception skips ``end`` (as TensorFlow does)
+and calls ``on_exception`` instead, so that nothing is lost.
+
+Steps are global steps: ``run_context.step`` is the number of completed
+updates the state will hold once this call finishes, so a hook that acts
+"every 100 steps" acts when ``run_context.step % 100 == 0``.
+
+The TensorFlow names ``SessionRunHook``, ``SessionRunArgs``,
+``SessionRunContext`` and ``SessionRunValues`` are aliases of the classes
+here, so a TF1 hook ports by changing its imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+__all__ = [
+    "Hook",
+    "RunArgs",
+    "RunContext",
+    "RunValues",
+    "Session",
+    "GLOBAL_STEP",
+    "SessionRunHook",
+    "SessionRunArgs",
+    "SessionRunContext",
+    "SessionRunValues",
+]
+
+
+class _GlobalStep:
+  """Fetch marker for the device value of the global step."""
+
+  __slots__ = ()
+
+  def __repr__(self) -> str:
+    return "jaxhooks.GLOBAL_STEP"
+
+  def __reduce__(self):
+    return "GLOBAL_STEP"
+
+
+GLOBAL_STEP = _GlobalStep()
+"""Put this in ``RunArgs.fetches`` to read the step counter on the device."""
+
+
+class Session(NamedTuple):
+  """An immutable view of the training session handed to hooks.
+
+  Attributes:
+    state: the train state (a pytree of arrays).
+    step: the global step the state holds, counted on the host.
+    outputs: the outputs of the last step call, or ``None`` before the first.
+    process_index: this process's index (``jax.process_index()``).
+    process_count: the number of processes (``jax.process_count()``).
+  """
+
+  state: Any
+  step: int
+  outputs: Any = None
+  process_index: int = 0
+  process_count: int = 1
+
+  @property
+  def is_primary(self) -> bool:
+    """True on process 0, where logs and summaries are written."""
+    return self.process_index == 0
+
+
+class RunArgs(NamedTuple):
+  """What a hook asks for in ``before_run``.
+
+  Attributes:
+    fetches: ``None``, or a nested structure (``list``, ``tuple``, ``dict``)
+      whose leaves are output names (``"loss"``), :data:`GLOBAL_STEP`, or
+      functions of ``(state, outputs)``. Every hook's fetches of one step are
+      read in a single ``jax.device_get``; ``RunValues.results`` has the same
+      structure, with host values at the leaves.
+    feed_dict: the batch for this step (or a dict merged into a dict batch),
+      as ``FeedFnHook`` supplies it.
+    options: kept for TensorFlow compatibility; ignored.
+
+  Example:
+    >>> import jaxhooks as jh
+    >>> jh.RunArgs(fetches={"loss": "loss", "step": jh.GLOBAL_STEP})
+    RunArgs(fetches={'loss': 'loss', 'step': jaxhooks.GLOBAL_STEP}, feed_dict=None, options=None)
+  """
+
+  fetches: Any = None
+  feed_dict: Any = None
+  options: Any = None
+
+
+class RunValues(NamedTuple):
+  """What ``after_run`` receives.
+
+  Attributes:
+    results: host values of the hook's ``RunArgs.fetches`` (same structure),
+      or ``None`` when the hook asked for nothing.
+    options: kept for TensorFlow compatibility; always ``None``.
+    run_metadata: kept for TensorFlow compatibility; always ``None``.
+    step: the global step the state holds after this call.
+  """
+
+  results: Any = None
+  options: Any = None
+  run_metadata: Any = None
+  step: int = 0
+
+
+class RunContext:
+  """The context of one step call, handed to ``before_run`` and ``after_run``.
+
+  Its fields are read-only; the one thing a hook may do with it is
+  ``request_stop()``.
+
+  Attributes:
+    original_args: the ``RunArgs`` of the call (fetches requested by the
+      loop itself; ``RunArgs()`` for a plain step).
+    session: the :class:`Session` as it was before the call.
+    step: the global step the state will hold when this call completes.
+    start_step: the global step before the call.
+  """
+
+  __slots__ = ("_original_args", "_session", "_step", "_start_step",
+               "_stop_requested", "_on_stop")
+
+  def __init__(self, original_args: RunArgs, session: Session, step: int,
+               start_step: int, on_stop: Optional[Callable[[], None]] = None):
+    self._original_args = original_args
+    self._session = session
+    self._step = step
+    self._start_step = start_step
+    self._stop_requested = False
+    self._on_stop = on_stop
+
+  @property
+  def original_args(self) -> RunArgs:
+    return self._original_args
+
+  @property
+  def session(self) -> Session:
+    return self._session
+
+  @property
+  def step(self) -> int:
+    return self._step
+
+  @property
+  def start_step(self) -> int:
+    return self._start_step
+
+  @property
+  def stop_requested(self) -> bool:
+    return self._stop_requested
+
+  def request_stop(self) -> None:
+    """Asks the loop to stop after this step (all ``after_run`` still run)."""
+    self._stop_requested = True
+    if self._on_stop is not None:
+      self._on_stop()
+
+  def __repr__(self) -> str:
+    return (f"RunContext(step={self._step}, start_step={self._start_step}, "
+            f"stop_requested={self._stop_requested})")
+
+
+class Hook:
+  """Base class of hooks; every method is optional.
+
+  Subclass it and override what you need. The method names and arguments are
+  TensorFlow's ``tf.train.SessionRunHook``'s; the ``state_dict`` pair and
+  ``on_exception`` are additions for exact resume and for losing nothing.
+
+  Example:
+    >>> import jaxhooks as jh
+    >>> class PrintEvery10(jh.SessionRunHook):
+    ...   def after_run(self, run_context, run_values):
+    ...     if run_context.step % 10 == 0:
+    ...       print("step", run_context.step)
+    >>> PrintEvery10().after_run(
+    ...     jh.RunContext(jh.RunArgs(), jh.Session(None, 9), 10, 9),
+    ...     jh.RunValues(step=10))
+    step 10
+  """
+
+  #: Hooks that only write for people to read (logs, summaries, progress)
+  #: set this to True; in a multi-process job they run on process 0 only.
+  primary_only: bool = False
+
+  def begin(self) -> None:
+    """Called once before the session is created (before restore)."""
+
+  def after_create_session(self, session: Session, coord: Any) -> None:
+    """Called once after restore, with the restored state and the stop
+    coordinator (``coord.request_stop()`` stops before the first step)."""
+
+  def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
+    """Called before each step call; may return ``RunArgs`` to fetch values."""
+    return None
+
+  def after_run(self, run_context: RunContext,
+                run_values: RunValues) -> Optional[bool]:
+    """Called after each step call; return ``True`` (or call
+    ``run_context.request_stop()``) to stop."""
+    return None
+
+  def end(self, session: Session) -> None:
+    """Called once at the end of training, with the final state."""
+
+  def on_exception(self, session: Session, exc: BaseException) -> None:
+    """Called instead of ``end`` when the loop dies of an exception other
+    than ``StopIteration``; ``session.state`` is the last good state."""
+
+  def restore(self, state: Any, hooks: tuple) -> Any:
+    """Called between ``begin`` and ``after_create_session``. A hook that
+    can restore a session (``CheckpointSaverHook``) returns the restored
+    state, and restores ``hooks``' own state; others return ``None``."""
+    return None
+
+  def state_dict(self) -> Optional[dict]:
+    """The hook's own state to save in checkpoints (``None``: nothing)."""
+    return None
+
+  def load_state_dict(self, state: dict) -> None:
+    """Restores what ``state_dict`` returned."""
+
+
+# TensorFlow's names.
+SessionRunHook = Hook
+SessionRunArgs = RunArgs
+SessionRunContext = RunContext
+SessionRunValues = RunValues

@@ -1,0 +1,151 @@
+"""``MonitoredTrainingSession``: the TF-shaped driver around :func:`wrap`.
+
+Example::
+
+  with jh.MonitoredTrainingSession(train_step, state, checkpoint_dir="runs/x",
+                                   hooks=[jh.StopAtStepHook(num_steps=1000)]
+                                   ) as sess:
+    while not sess.should_stop():
+      sess.run(next(batches))   # StopIteration ends the session cleanly
+  state = sess.state
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence
+
+from jaxhooks.coord import Coordinator
+from jaxhooks.errors import LifecycleError
+from jaxhooks.hook import Hook
+from jaxhooks.log_hooks import StepCounterHook
+from jaxhooks.runner import HookedStep
+
+__all__ = ["MonitoredTrainingSession", "default_hooks"]
+
+
+def default_hooks(*, checkpoint_dir: Optional[str],
+                  save_checkpoint_steps: Optional[int],
+                  save_checkpoint_secs: Optional[float],
+                  save_summaries_steps: Optional[int],
+                  save_summaries_secs: Optional[float],
+                  log_step_count_steps: Optional[int]) -> List[Hook]:
+  """The hooks ``MonitoredTrainingSession`` adds on the chief, as TF does.
+
+  - ``StepCounterHook(every_n_steps=log_step_count_steps)`` when it is > 0.
+  - With ``checkpoint_dir``: a summary saver and a checkpoint saver.
+  """
+  hooks: List[Hook] = []
+  if log_step_count_steps:
+    hooks.append(StepCounterHook(every_n_steps=log_step_count_steps))
+  if checkpoint_dir is not None:
+    raise NotImplementedError(
+        "`checkpoint_dir` needs the Orbax CheckpointSaverHook, which this "
+        f"version of jaxhooks does not have yet; got {checkpoint_dir!r}.")
+  return hooks
+
+
+class MonitoredTrainingSession:
+  """A context manager that runs a train step with hooks, TensorFlow style.
+
+  Args:
+    train_step: a jitted ``(state, batch) -> (state, outputs)``.
+    state: the initial train state (replaced by the latest checkpoint in
+      ``checkpoint_dir`` when there is one).
+    checkpoint_dir: where checkpoints (and summaries) go.
+    hooks: hooks run on every process.
+    chief_only_hooks: hooks run on process 0 only.
+    step_fn: reads the step of a state (see :func:`jaxhooks.wrap`).
+    save_checkpoint_steps, save_checkpoint_secs: checkpoint period.
+    save_summaries_steps, save_summaries_secs: summary period.
+    log_step_count_steps: ``StepCounterHook`` period (0 or None: none).
+    coord: the stop coordinator (one for this process by default).
+
+  On leaving the ``with`` block normally, or through ``StopIteration`` from
+  the data, every hook's ``end`` runs; any other exception propagates with
+  ``end`` skipped and ``on_exception`` called.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import jaxhooks as jh
+    >>> train_step = jax.jit(lambda s, b: ({"step": s["step"] + 1}, {"b": b}))
+    >>> batches = iter(range(3))
+    >>> with jh.MonitoredTrainingSession(
+    ...     train_step, {"step": jnp.array(0)}, log_step_count_steps=0,
+    ...     hooks=[jh.StopAtStepHook(last_step=10)]) as sess:
+    ...   while not sess.should_stop():
+    ...     _ = sess.run(next(batches))
+    >>> int(sess.state["step"])
+    3
+  """
+
+  def __init__(self, train_step: Callable, state: Any, *,
+               checkpoint_dir: Optional[str] = None,
+               hooks: Sequence[Hook] = (),
+               chief_only_hooks: Sequence[Hook] = (),
+               step_fn: Optional[Callable[[Any], Any]] = None,
+               save_checkpoint_steps: Optional[int] = None,
+               save_checkpoint_secs: Optional[float] = None,
+               save_summaries_steps: Optional[int] = 100,
+               save_summaries_secs: Optional[float] = None,
+               log_step_count_steps: Optional[int] = 100,
+               coord: Optional[Coordinator] = None):
+    coord = coord or Coordinator()
+    all_hooks = list(hooks)
+    if coord.is_primary:
+      all_hooks += list(chief_only_hooks)
+      all_hooks += default_hooks(
+          checkpoint_dir=checkpoint_dir,
+          save_checkpoint_steps=save_checkpoint_steps,
+          save_checkpoint_secs=save_checkpoint_secs,
+          save_summaries_steps=save_summaries_steps,
+          save_summaries_secs=save_summaries_secs,
+          log_step_count_steps=log_step_count_steps)
+    self._step = HookedStep(train_step, all_hooks, step_fn=step_fn,
+                            coord=coord)
+    self._initial_state = state
+    self._state = state
+    self._outputs = None
+    self._entered = False
+
+  @property
+  def hooks(self):
+    return self._step.hooks
+
+  @property
+  def state(self) -> Any:
+    """The current train state (the final one after the ``with`` block)."""
+    return self._state
+
+  @property
+  def global_step(self) -> int:
+    return self._step.step
+
+  def __enter__(self) -> "MonitoredTrainingSession":
+    if self._entered:
+      raise LifecycleError("A MonitoredTrainingSession can be entered once.")
+    self._entered = True
+    self._state = self._step.begin(self._initial_state)
+    self._initial_state = None
+    return self
+
+  def should_stop(self) -> bool:
+    return self._step.should_stop
+
+  def run(self, batch: Any = None) -> Any:
+    """Runs one step on ``batch``; returns the step's outputs."""
+    if not self._entered:
+      raise LifecycleError(
+          "MonitoredTrainingSession.run was called outside its `with` block.")
+    self._state, self._outputs, _ = self._step(self._state, batch)
+    return self._outputs
+
+  def close(self) -> None:
+    """Ends the session: every hook's ``end`` with the final state."""
+    self._state = self._step.end(self._state)
+
+  def __exit__(self, exc_type, exc, tb) -> bool:
+    if exc_type is None or issubclass(exc_type, StopIteration):
+      self.close()
+      return True  # StopIteration from the data ends the session cleanly
+    self._step.abort(exc)
+    return False
