@@ -101,6 +101,7 @@ class LoggingTensorHook(Hook):
     return self._timer
 
   def _log(self, values: Dict[str, Any], elapsed: Optional[float]) -> None:
+    values = {tag: values[tag] for tag in self._tensors}  # the user's order
     if self._formatter is not None:
       log.info("%s", self._formatter(values))
       return

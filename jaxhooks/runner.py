@@ -146,12 +146,16 @@ class HookedStep:
       self._phase = _STOPPED
       raise LifecycleError(self._misuse("called"))
     self._state = state
+    start, outputs = self._step, self._outputs
     try:
       return self._run(state, batch)
     except StopIteration:
       self._phase = _STOPPED
+      self._state, self._step, self._outputs = state, start, outputs
       return state, None, True
     except BaseException as exc:
+      # The input of the failed call is the last good state.
+      self._state, self._step, self._outputs = state, start, outputs
       self.abort(exc)
       raise
 

@@ -62,6 +62,7 @@ class StopAtStepHook(Hook):
     self._num_steps = _check_step_arg("num_steps", num_steps, minimum=0)
     self._given_last_step = _check_step_arg("last_step", last_step, minimum=0)
     self._last_step = self._given_last_step
+    self._loaded_last_step: Optional[int] = None
 
   @property
   def last_step(self) -> Optional[int]:
@@ -70,7 +71,7 @@ class StopAtStepHook(Hook):
 
   def begin(self) -> None:
     if self._given_last_step is None:
-      self._last_step = None
+      self._last_step = self._loaded_last_step
 
   def after_create_session(self, session: Session, coord: Any) -> None:
     if self._last_step is None:
@@ -96,7 +97,7 @@ class StopAtStepHook(Hook):
 
   def load_state_dict(self, state: dict) -> None:
     if self._given_last_step is None:
-      self._last_step = int(state["last_step"])
+      self._loaded_last_step = self._last_step = int(state["last_step"])
 
 
 class GlobalStepWaiterHook(Hook):
