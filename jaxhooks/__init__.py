@@ -15,8 +15,9 @@ Example:
 
 from jaxhooks.basic_hooks import FeedFnHook, FinalOpsHook, LambdaHook
 from jaxhooks.coord import Coordinator
-from jaxhooks.errors import (LifecycleError, NanLossDuringTrainingError,
-                             StepMismatchError)
+from jaxhooks.distributed import DistributedCoordinator
+from jaxhooks.errors import (CoordinationTimeoutError, LifecycleError,
+                             NanLossDuringTrainingError, StepMismatchError)
 from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
                            Session, SessionRunArgs, SessionRunContext,
                            SessionRunHook, SessionRunValues)
@@ -30,7 +31,9 @@ from jaxhooks.timer import SecondOrStepTimer
 __version__ = "0.1.0"
 
 __all__ = [
+    "CoordinationTimeoutError",
     "Coordinator",
+    "DistributedCoordinator",
     "FeedFnHook",
     "FinalOpsHook",
     "GLOBAL_STEP",

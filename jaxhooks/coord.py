@@ -8,7 +8,7 @@ multi-process coordinator has to agree on.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Optional, Sequence
 
 import jax
 
@@ -47,9 +47,32 @@ class Coordinator:
   def is_primary(self) -> bool:
     return self._process_index == 0
 
-  def request_stop(self, reason: str = "stop requested") -> None:
-    """Asks the loop to stop after the current step."""
+  #: Steps that are multiples of this are check steps, where processes
+  #: agree on host-local decisions; ``None`` in a single process.
+  check_every_n_steps: Optional[int] = None
+
+  def request_stop(self, reason: str = "stop requested", *,
+                   deterministic: bool = False) -> None:
+    """Asks the loop to stop after the current step.
+
+    Args:
+      reason: recorded in ``stop_reasons``.
+      deterministic: the same request is made on every process at this step
+        (it follows from the global step); in one process every request is.
+    """
+    del deterministic  # one process: every request takes effect at once
     self._reasons.append(str(reason))
+
+  def bind(self, hooks: Sequence[Any]) -> None:
+    """Called by the runner after restore with the hooks it runs."""
+
+  def check(self, step: int) -> None:
+    """Called before the hooks of a check step (never in one process)."""
+
+  def global_step(self) -> Optional[int]:
+    """The largest step any other process reported, or ``None`` when no
+    other process exists."""
+    return None
 
   def should_stop(self) -> bool:
     return bool(self._reasons)

@@ -9,6 +9,7 @@ and shows the value received.
 from __future__ import annotations
 
 __all__ = [
+    "CoordinationTimeoutError",
     "LifecycleError",
     "StepMismatchError",
     "NanLossDuringTrainingError",
@@ -42,3 +43,25 @@ class NanLossDuringTrainingError(RuntimeError):
 
   def __reduce__(self):
     return (type(self), (self.step, self.value, self.name))
+
+
+class CoordinationTimeoutError(RuntimeError):
+  """A process did not arrive at an agreed check step in time (it died, hung,
+  or runs a different loop).
+
+  Attributes:
+    step: the check step.
+    process: the index of the process that did not arrive.
+  """
+
+  def __init__(self, step: int, process: int, timeout_secs: float,
+               detail: str = ""):
+    self.step = step
+    self.process = process
+    self.timeout_secs = timeout_secs
+    super().__init__(
+        f"Process {process} did not arrive at the check of step {step} "
+        f"within {timeout_secs:g} s{detail}; stopping instead of hanging.")
+
+  def __reduce__(self):
+    return (type(self), (self.step, self.process, self.timeout_secs))

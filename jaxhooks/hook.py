@@ -30,7 +30,7 @@ here, so a TF1 hook ports by changing its imports.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 __all__ = [
     "Hook",
@@ -141,16 +141,16 @@ class RunContext:
   """
 
   __slots__ = ("_original_args", "_session", "_step", "_start_step",
-               "_stop_requested", "_on_stop")
+               "_stop_requested", "_local_stop")
 
   def __init__(self, original_args: RunArgs, session: Session, step: int,
-               start_step: int, on_stop: Optional[Callable[[], None]] = None):
+               start_step: int):
     self._original_args = original_args
     self._session = session
     self._step = step
     self._start_step = start_step
     self._stop_requested = False
-    self._on_stop = on_stop
+    self._local_stop = False
 
   @property
   def original_args(self) -> RunArgs:
@@ -172,11 +172,25 @@ class RunContext:
   def stop_requested(self) -> bool:
     return self._stop_requested
 
-  def request_stop(self) -> None:
-    """Asks the loop to stop after this step (all ``after_run`` still run)."""
+  @property
+  def local_stop_requested(self) -> bool:
+    """True when a request may differ between processes (see
+    ``request_stop``)."""
+    return self._local_stop
+
+  def request_stop(self, *, deterministic: bool = False) -> None:
+    """Asks the loop to stop after this step (all ``after_run`` still run).
+
+    Args:
+      deterministic: True when every process makes the same request at the
+        same step because it follows from the global step alone (as
+        ``StopAtStepHook``'s does). Such a stop needs no agreement between
+        processes. Other requests are host-local: in a multi-process job the
+        coordinator agrees on them at its next check step.
+    """
     self._stop_requested = True
-    if self._on_stop is not None:
-      self._on_stop()
+    if not deterministic:
+      self._local_stop = True
 
   def __repr__(self) -> str:
     return (f"RunContext(step={self._step}, start_step={self._start_step}, "

@@ -85,6 +85,7 @@ class HookedStep:
     self._state = None
     self._outputs = None
     self._checked_outputs = False
+    self._check_every = None
 
   # -- lifecycle ------------------------------------------------------------
 
@@ -127,6 +128,8 @@ class HookedStep:
     self._step = int(jax.device_get(step))
     self._state = state
     self._phase = _RUNNING
+    self.coord.bind(self.hooks)
+    self._check_every = self.coord.check_every_n_steps
     session = self.session()
     for hook in self.hooks:
       hook.after_create_session(session, self.coord)
@@ -163,6 +166,8 @@ class HookedStep:
     start = self._step
     step = start + 1
     coord = self.coord
+    if self._check_every and step % self._check_every == 0:
+      coord.check(step)
     ctx = RunContext(RunArgs(), self.session(), step, start)
     hooks = self.hooks
     requests = [h.before_run(ctx) for h in hooks]
@@ -187,7 +192,8 @@ class HookedStep:
       if hook.after_run(ctx, RunValues(results=res, step=step)) is True:
         ctx.request_stop()
     if ctx.stop_requested:
-      coord.request_stop(f"a hook requested stop at step {step}")
+      coord.request_stop(f"a hook requested stop at step {step}",
+                         deterministic=not ctx.local_stop_requested)
     stop = coord.should_stop()
     if stop:
       self._phase = _STOPPED

@@ -79,12 +79,12 @@ class StopAtStepHook(Hook):
     if session.step >= self._last_step:
       coord.request_stop(
           f"StopAtStepHook: restored step {session.step} is at or past "
-          f"last_step {self._last_step}")
+          f"last_step {self._last_step}", deterministic=True)
 
   def after_run(self, run_context: RunContext,
                 run_values: RunValues) -> None:
     if run_context.step >= self._last_step:
-      run_context.request_stop()
+      run_context.request_stop(deterministic=True)
 
   def next_step_of_interest(self, step: int) -> Optional[int]:
     """The step the hook acts on after ``step`` (for fused execution)."""
@@ -159,14 +159,14 @@ class GlobalStepWaiterHook(Hook):
   def _source(self) -> Callable[[], int]:
     if self._step_source is not None:
       return self._step_source
-    global_step = getattr(self._coord, "global_step", None)
-    if global_step is None or getattr(self._coord, "process_count", 1) == 1:
+    coord = self._coord
+    if coord is None or coord.global_step() is None:
       raise RuntimeError(
           f"GlobalStepWaiterHook would wait forever for step "
           f"{self._wait_until_step}: in a single process nothing else "
           "advances the step. Pass `step_source=` or lower "
           "`wait_until_step`.")
-    return global_step
+    return coord.global_step
 
   def before_run(self, run_context: RunContext) -> None:
     if self._done:

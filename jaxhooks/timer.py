@@ -89,6 +89,8 @@ class SecondOrStepTimer:
     self._clock = clock or time.monotonic
     self._last_step: Optional[int] = None
     self._last_time: Optional[float] = None
+    self._shared = False
+    self._agreed_step: Optional[int] = None
 
   @property
   def every_secs(self) -> Optional[float]:
@@ -113,9 +115,25 @@ class SecondOrStepTimer:
       return False
     if self._every_steps is not None:
       return step % self._every_steps == 0
-    if self._last_time is None:
-      return True
-    return self._clock() - self._last_time >= self._every_secs
+    if self._shared:
+      return step == self._agreed_step
+    return self.time_due()
+
+  def time_due(self) -> bool:
+    """For a time timer: whether its period has passed on this process."""
+    return (self._last_time is None
+            or self._clock() - self._last_time >= self._every_secs)
+
+  def share_decisions(self) -> None:
+    """Makes a time timer fire only where :meth:`agree` says, so that every
+    process of a job fires at the same step (process 0's clock decides)."""
+    if self._every_secs is None:
+      raise ValueError("Only a time timer (`every_secs`) shares decisions.")
+    self._shared = True
+
+  def agree(self, step: int, due: bool) -> None:
+    """Records the agreed decision for ``step`` (see ``share_decisions``)."""
+    self._agreed_step = step if due else None
 
   def update_last_triggered_step(
       self, step: int) -> Tuple[Optional[float], Optional[int]]:

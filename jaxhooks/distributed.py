@@ -1,0 +1,197 @@
+"""Identical stop and timer decisions on every process of a JAX job.
+
+Decisions that follow from the global step (``StopAtStepHook``, step
+timers) are the same everywhere without a word exchanged. Host-local causes
+— a hook's ``request_stop()`` on one process, SIGTERM on one host, a time
+limit, an ``every_n_secs`` timer — are agreed at *check steps*, the global
+steps that are multiples of ``check_every_n_steps``::
+
+  at check step c (before the hooks' before_run):
+    put {pending stop requests, process 0: due flags of time timers}
+        under key  jaxhooks/<n>/check/<c>/<this process>
+    read the same key of every other process (wait at most timeout_secs;
+        a process that does not arrive -> CoordinationTimeoutError naming
+        the step and the process)
+    any process asked to stop -> every process stops after step c
+    time timers fire at step c where process 0's timer was due
+
+The exchange goes through the key-value store of ``jax.distributed`` (the
+coordination service), not through devices, so a dead peer cannot hang it:
+the wait has a deadline. Nothing is exchanged on other steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from jaxhooks.coord import Coordinator
+from jaxhooks.errors import CoordinationTimeoutError
+from jaxhooks.timer import SecondOrStepTimer, check_period
+
+__all__ = ["DistributedCoordinator", "distributed_client"]
+
+_namespaces = itertools.count()
+
+
+def distributed_client() -> Any:
+  """The ``jax.distributed`` key-value client of this process.
+
+  Raises:
+    RuntimeError: ``jax.distributed.initialize()`` was not called.
+  """
+  from jax._src import distributed  # the client Orbax uses too
+  client = distributed.global_state.client
+  if client is None:
+    raise RuntimeError(
+        "DistributedCoordinator needs `jax.distributed.initialize()` to have "
+        "been called in this process.")
+  return client
+
+
+def _time_timers(hook: Any) -> List[SecondOrStepTimer]:
+  return [v for v in vars(hook).values()
+          if isinstance(v, SecondOrStepTimer) and v.every_secs is not None]
+
+
+class DistributedCoordinator(Coordinator):
+  """Agrees host-local stop requests and time triggers across processes.
+
+  Args:
+    check_every_n_steps: check steps are the multiples of this. A local stop
+      request takes effect after the next check step; an ``every_n_secs``
+      timer fires only at check steps.
+    timeout_secs: how long a check waits for the other processes.
+    independent: the processes run loops of their own (no shared
+      collectives, as an evaluator beside a trainer): checks then only
+      publish the step, for ``GlobalStepWaiterHook``, and stops stay local.
+    client: the key-value client (``distributed_client()`` by default).
+    process_index, process_count: default to ``jax``'s.
+    clock: time source for the deadline.
+
+  Example:
+    >>> class Store:  # a stand-in for the jax.distributed client
+    ...   def __init__(self): self.kv = {}
+    ...   def key_value_set(self, k, v, allow_overwrite=False): self.kv[k] = v
+    ...   def blocking_key_value_get(self, k, ms): return self.kv[k]
+    ...   def key_value_try_get(self, k): return self.kv[k]
+    ...   def key_value_delete(self, k): self.kv.pop(k, None)
+    >>> store = Store()
+    >>> store.kv["ns/check/10/1"] = '{"stop": ["SIGTERM"], "due": []}'
+    >>> coord = DistributedCoordinator(check_every_n_steps=10, client=store,
+    ...     process_index=0, process_count=2, namespace="ns")
+    >>> coord.check(10)
+    >>> coord.should_stop(), coord.stop_reasons
+    (True, ('agreed at step 10: process 1: SIGTERM',))
+  """
+
+  def __init__(self, *, check_every_n_steps: int = 100,
+               timeout_secs: float = 300.0, independent: bool = False,
+               client: Any = None, process_index: Optional[int] = None,
+               process_count: Optional[int] = None,
+               namespace: Optional[str] = None,
+               clock: Callable[[], float] = time.monotonic):
+    super().__init__(process_index=process_index, process_count=process_count)
+    check_period("check_every_n_steps", check_every_n_steps, allow_none=False)
+    if int(check_every_n_steps) != check_every_n_steps:
+      raise ValueError("`check_every_n_steps` must be a whole number, got "
+                       f"{check_every_n_steps!r}.")
+    check_period("timeout_secs", timeout_secs, allow_none=False)
+    self.check_every_n_steps = int(check_every_n_steps)
+    self._timeout_secs = float(timeout_secs)
+    self._independent = bool(independent)
+    self._client = client if client is not None else distributed_client()
+    self._ns = namespace or f"jaxhooks/{next(_namespaces)}"
+    self._clock = clock
+    self._pending: List[str] = []
+    self._timers: List[SecondOrStepTimer] = []
+    self._checks: List[int] = []
+
+  @property
+  def timeout_secs(self) -> float:
+    return self._timeout_secs
+
+  @property
+  def pending_requests(self) -> tuple:
+    """Local stop requests not yet agreed."""
+    return tuple(self._pending)
+
+  def request_stop(self, reason: str = "stop requested", *,
+                   deterministic: bool = False) -> None:
+    if deterministic or self._independent or self.process_count == 1:
+      self._reasons.append(str(reason))
+    else:
+      self._pending.append(str(reason))
+
+  def bind(self, hooks: Sequence[Any]) -> None:
+    """Shares the time timers of hooks that run on every process."""
+    if self._independent:
+      return
+    self._timers = [t for h in hooks if not h.primary_only
+                    for t in _time_timers(h)]
+    for timer in self._timers:
+      timer.share_decisions()
+
+  def _key(self, step: int, process: int) -> str:
+    return f"{self._ns}/check/{step}/{process}"
+
+  def _publish_step(self, step: int) -> None:
+    self._client.key_value_set(f"{self._ns}/step/{self.process_index}",
+                               str(step), allow_overwrite=True)
+
+  def global_step(self) -> Optional[int]:
+    if self.process_count == 1:
+      return None
+    steps = []
+    for q in range(self.process_count):
+      if q == self.process_index:
+        continue
+      try:
+        steps.append(int(self._client.key_value_try_get(
+            f"{self._ns}/step/{q}")))
+      except Exception:  # not published yet
+        steps.append(0)
+    return max(steps)
+
+  def check(self, step: int) -> None:
+    self._publish_step(step)
+    if self._independent:
+      return
+    me = self.process_index
+    payload = {"stop": self._pending,
+               "due": ([t.time_due() for t in self._timers]
+                       if me == 0 else [])}
+    self._client.key_value_set(self._key(step, me), json.dumps(payload))
+    payloads: Dict[int, dict] = {me: payload}
+    deadline = self._clock() + self._timeout_secs
+    for q in range(self.process_count):
+      if q == me:
+        continue
+      wait_ms = max(1, int((deadline - self._clock()) * 1000))
+      try:
+        raw = self._client.blocking_key_value_get(self._key(step, q), wait_ms)
+      except Exception as e:  # deadline passed or the service lost the peer
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CoordinationTimeoutError(step, q, self._timeout_secs,
+                                       f" ({detail})") from e
+      payloads[q] = json.loads(raw)
+    self._forget_old_checks(step)
+    requests = [f"process {q}: {r}" for q in sorted(payloads)
+                for r in payloads[q]["stop"]]
+    if requests:
+      self._reasons.append(f"agreed at step {step}: " + "; ".join(requests))
+      self._pending.clear()
+    for timer, due in zip(self._timers, payloads[0]["due"]):
+      timer.agree(step, bool(due))
+
+  def _forget_old_checks(self, step: int) -> None:
+    # Every other process read our key of the check before last by now.
+    self._checks.append(step)
+    if len(self._checks) > 2:
+      old = self._checks.pop(0)
+      try:
+        self._client.key_value_delete(self._key(old, self.process_index))
+      except Exception:  # the store is best-effort housekeeping
+        pass

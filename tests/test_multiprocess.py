@@ -1,0 +1,96 @@
+"""Real multi-process JAX: 2 processes x 2 CPU devices on 127.0.0.1, a
+train state sharded over all 4 devices. Every test bounds its time and
+kills what it started."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+WORKER = pathlib.Path(__file__).with_name("mp_worker.py")
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_job(scenario, tmp_path, *, nproc=2, timeout=120, expect_rc=None):
+  """Starts the processes, waits for all, returns their results."""
+  port = _free_port()
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
+  procs = [subprocess.Popen(
+      [sys.executable, str(WORKER), scenario, str(i), str(nproc), str(port),
+       str(tmp_path)], env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
+  deadline = time.monotonic() + timeout
+  try:
+    outs = []
+    for p in procs:
+      out, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
+      outs.append(out)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  rcs = [p.returncode for p in procs]
+  if expect_rc is None:
+    assert rcs == [0] * nproc, "\n".join(o[-3000:] for o in outs)
+  else:
+    assert rcs == expect_rc, "\n".join(o[-3000:] for o in outs)
+  results = {}
+  for i in range(nproc):
+    path = tmp_path / f"result-{i}.json"
+    if path.exists():
+      results[i] = json.loads(path.read_text())
+  return results
+
+
+def test_stop_at_step_stops_both_processes_at_the_same_exact_step(tmp_path):
+  r = run_job("stop_at_step", tmp_path)
+  assert r[0]["steps"] == r[1]["steps"] == [1, 2, 3, 4, 5, 6, 7]
+  assert r[0]["final"] == r[1]["final"] == 7
+  assert r[0]["w"] == r[1]["w"] and len(r[0]["w"]) == 16
+
+
+def test_one_process_request_stop_is_agreed_at_the_next_check(tmp_path):
+  r = run_job("local_stop", tmp_path)
+  # Process 1 asks at step 12; check steps are multiples of 5: both stop
+  # after step 15.
+  assert r[0]["final"] == r[1]["final"] == 15
+  assert r[0]["steps"] == r[1]["steps"] == list(range(1, 16))
+  reason = "agreed at step 15: process 1: a hook requested stop at step 12"
+  assert r[0]["reasons"] == r[1]["reasons"] == [reason]
+
+
+def test_time_trigger_is_decided_on_process_0_and_shared(tmp_path):
+  r = run_job("time_stop", tmp_path)
+  # Only process 0's clock moves, 3 s per reading. Its timer fires at the
+  # first check step (4, marked at t=3); the checks of steps 8, 12, 16 read
+  # t=6, 9, 12: 8 s have passed at step 16. Process 1 fires with it.
+  assert r[0]["fired"] == r[1]["fired"] == [4, 16]
+  assert r[0]["final"] == r[1]["final"] == 16
+
+
+def test_a_dead_process_makes_the_other_fail_with_a_clear_error(tmp_path):
+  start = time.monotonic()
+  r = run_job("dies", tmp_path, expect_rc=[3, 17], timeout=90)
+  assert time.monotonic() - start < 60
+  assert r[0]["step"] == 10 and r[0]["missing"] == 1
+  assert r[0]["error"].startswith(
+      "Process 1 did not arrive at the check of step 10 within 4 s (")
+  assert 1 not in r
+
+
+def test_global_step_waiter_waits_for_another_process(tmp_path):
+  r = run_job("waiter", tmp_path)
+  assert r[0]["steps"] == list(range(1, 21))
+  assert r[1]["steps"] == [1, 2]
+  assert r[1]["last_seen"] >= 12
