@@ -27,11 +27,14 @@ import json
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import jax
+
 from jaxhooks.coord import Coordinator
 from jaxhooks.errors import CoordinationTimeoutError
 from jaxhooks.timer import SecondOrStepTimer, check_period
 
-__all__ = ["DistributedCoordinator", "distributed_client"]
+__all__ = ["DistributedCoordinator", "default_coordinator",
+           "distributed_client"]
 
 _namespaces = itertools.count()
 
@@ -49,6 +52,14 @@ def distributed_client() -> Any:
         "DistributedCoordinator needs `jax.distributed.initialize()` to have "
         "been called in this process.")
   return client
+
+
+def default_coordinator() -> Coordinator:
+  """A :class:`DistributedCoordinator` in a multi-process job, else a
+  single-process :class:`~jaxhooks.coord.Coordinator`."""
+  if jax.process_count() > 1:
+    return DistributedCoordinator()
+  return Coordinator()
 
 
 def _time_timers(hook: Any) -> List[SecondOrStepTimer]:

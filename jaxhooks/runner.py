@@ -16,6 +16,7 @@ import jax
 
 from jaxhooks import fetch
 from jaxhooks.coord import Coordinator
+from jaxhooks.distributed import default_coordinator
 from jaxhooks.errors import LifecycleError, StepMismatchError
 from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues, Session
 
@@ -76,7 +77,7 @@ class HookedStep:
     self._train_step = train_step
     self._custom_step_fn = step_fn is not None
     self._step_fn = step_fn or fetch.default_step_fn
-    self.coord = coord or Coordinator()
+    self.coord = coord or default_coordinator()
     # Hooks that only write for people (logs, summaries) run on process 0.
     self.hooks = tuple(h for h in _check_hooks(hooks)
                        if self.coord.is_primary or not h.primary_only)
@@ -264,7 +265,8 @@ def wrap(train_step: Callable[[Any, Any], Tuple[Any, Any]],
     hooks: the hooks, called in this order.
     step_fn: returns the completed-update count of a state; by default
       ``state.step`` (or ``state["step"]``).
-    coord: the stop coordinator; one for this process by default.
+    coord: the stop coordinator; by default a ``DistributedCoordinator``
+      in a multi-process job, else a single-process ``Coordinator``.
 
   Returns:
     A :class:`HookedStep`.

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Sequence
 
 from jaxhooks.coord import Coordinator
+from jaxhooks.distributed import default_coordinator
 from jaxhooks.errors import LifecycleError
 from jaxhooks.hook import Hook
 from jaxhooks.log_hooks import StepCounterHook
@@ -58,7 +59,8 @@ class MonitoredTrainingSession:
     save_checkpoint_steps, save_checkpoint_secs: checkpoint period.
     save_summaries_steps, save_summaries_secs: summary period.
     log_step_count_steps: ``StepCounterHook`` period (0 or None: none).
-    coord: the stop coordinator (one for this process by default).
+    coord: the stop coordinator (as :func:`jaxhooks.wrap` chooses it by
+      default).
 
   On leaving the ``with`` block normally, or through ``StopIteration`` from
   the data, every hook's ``end`` runs; any other exception propagates with
@@ -89,7 +91,7 @@ class MonitoredTrainingSession:
                save_summaries_secs: Optional[float] = None,
                log_step_count_steps: Optional[int] = 100,
                coord: Optional[Coordinator] = None):
-    coord = coord or Coordinator()
+    coord = coord or default_coordinator()
     all_hooks = list(hooks)
     if coord.is_primary:
       all_hooks += list(chief_only_hooks)

@@ -6,6 +6,7 @@ Each process writes OUT_DIR/result-<process>.json with what it saw.
 """
 
 import json
+import logging
 import os
 import sys
 
@@ -101,14 +102,27 @@ def run(step, state, batch_for):
   return step.end(state)
 
 
+class Lines(logging.Handler):
+  def __init__(self):
+    super().__init__()
+    self.lines = []
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
+
+
 def scenario_stop_at_step(out):
   state, train_step, batch_for = make_job()
   trace = Trace()
-  coord = jh.DistributedCoordinator(check_every_n_steps=5, timeout_secs=60)
-  step = jh.wrap(train_step, hooks=[jh.StopAtStepHook(last_step=7), trace],
-                 coord=coord)
+  lines = Lines()
+  logging.getLogger("jaxhooks").addHandler(lines)
+  logging.getLogger("jaxhooks").setLevel(logging.INFO)
+  step = jh.wrap(train_step, hooks=[
+      jh.StopAtStepHook(last_step=7), trace,
+      jh.LoggingTensorHook({"step": jh.GLOBAL_STEP}, every_n_iter=3)])
+  assert isinstance(step.coord, jh.DistributedCoordinator)
   state = run(step, state, batch_for)
-  out.update(steps=trace.steps, final=step.step,
+  out.update(steps=trace.steps, final=step.step, logged=lines.lines,
              w=np.asarray(jax.device_get(
                  jax.experimental.multihost_utils.process_allgather(
                      state["w"], tiled=True))).tolist())

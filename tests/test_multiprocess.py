@@ -58,6 +58,10 @@ def test_stop_at_step_stops_both_processes_at_the_same_exact_step(tmp_path):
   assert r[0]["steps"] == r[1]["steps"] == [1, 2, 3, 4, 5, 6, 7]
   assert r[0]["final"] == r[1]["final"] == 7
   assert r[0]["w"] == r[1]["w"] and len(r[0]["w"]) == 16
+  # Logging is primary-only: process 0 writes, process 1 does not.
+  assert [line.split(" (")[0] for line in r[0]["logged"]] == [
+      "step = 3", "step = 6"]
+  assert r[1]["logged"] == []
 
 
 def test_one_process_request_stop_is_agreed_at_the_next_check(tmp_path):
