@@ -18,12 +18,32 @@ __all__ = [
 
 class LifecycleError(RuntimeError):
   """A hooked step was used out of order: called before ``begin``, after
-  stop, or after ``end``."""
+  stop, or after ``end``.
+
+  Example:
+    >>> import jax, jaxhooks as jh
+    >>> step = jh.wrap(jax.jit(lambda s, b: (s, {})))
+    >>> step({"step": 0}, None)
+    Traceback (most recent call last):
+    ...
+    jaxhooks.errors.LifecycleError: The hooked step was called before `begin(state)`.
+  """
 
 
 class StepMismatchError(RuntimeError):
   """The step counted on the host differs from the step read on the device
-  (the train step does not add exactly one to the step per call)."""
+  (the train step does not add exactly one to the step per call).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxhooks as jh
+    >>> step = jh.wrap(jax.jit(lambda s, b: (s, {})))  # never adds 1
+    >>> state = step.begin({"step": jnp.array(0)})
+    >>> state, _, _ = step(state)
+    >>> step.end(state)
+    Traceback (most recent call last):
+    ...
+    jaxhooks.errors.StepMismatchError: The device step is 0 but 1 steps were counted on the host: `train_step` must add exactly 1 to the step of the state per call (or `step_fn` reads the wrong value).
+  """
 
 
 class NanLossDuringTrainingError(RuntimeError):
@@ -32,6 +52,12 @@ class NanLossDuringTrainingError(RuntimeError):
   Attributes:
     step: the first global step whose loss was not finite.
     value: the loss value seen.
+
+  Example:
+    >>> import jaxhooks as jh
+    >>> err = jh.NanLossDuringTrainingError(42, float("nan"))
+    >>> err.step, str(err)
+    (42, 'NaN loss during training: `loss` was nan at step 42.')
   """
 
   def __init__(self, step: int, value=None, name: str = "loss"):
@@ -52,6 +78,11 @@ class CoordinationTimeoutError(RuntimeError):
   Attributes:
     step: the check step.
     process: the index of the process that did not arrive.
+
+  Example:
+    >>> import jaxhooks as jh
+    >>> print(jh.CoordinationTimeoutError(200, 1, 60.0))
+    Process 1 did not arrive at the check of step 200 within 60 s; stopping instead of hanging.
   """
 
   def __init__(self, step: int, process: int, timeout_secs: float,

@@ -71,6 +71,14 @@ class Session(NamedTuple):
     outputs: the outputs of the last step call, or ``None`` before the first.
     process_index: this process's index (``jax.process_index()``).
     process_count: the number of processes (``jax.process_count()``).
+
+  Example:
+    >>> import jaxhooks as jh
+    >>> session = jh.Session(state={"step": 5}, step=5)
+    >>> session.step, session.is_primary
+    (5, True)
+    >>> session._replace(step=6).step
+    6
   """
 
   state: Any
@@ -118,6 +126,11 @@ class RunValues(NamedTuple):
     options: kept for TensorFlow compatibility; always ``None``.
     run_metadata: kept for TensorFlow compatibility; always ``None``.
     step: the global step the state holds after this call.
+
+  Example:
+    >>> import jaxhooks as jh
+    >>> jh.RunValues(results={"loss": 0.5}, step=100).results["loss"]
+    0.5
   """
 
   results: Any = None
@@ -138,6 +151,14 @@ class RunContext:
     session: the :class:`Session` as it was before the call.
     step: the global step the state will hold when this call completes.
     start_step: the global step before the call.
+
+  Example:
+    >>> import jaxhooks as jh
+    >>> ctx = jh.RunContext(jh.RunArgs(), jh.Session(None, 9), step=10,
+    ...                     start_step=9)
+    >>> ctx.request_stop(deterministic=True)
+    >>> ctx.stop_requested, ctx.local_stop_requested
+    (True, False)
   """
 
   __slots__ = ("_original_args", "_session", "_step", "_start_step",

@@ -64,6 +64,18 @@ class HookedStep:
   Attributes:
     hooks: the hooks, in call order.
     coord: the :class:`~jaxhooks.coord.Coordinator` of stop requests.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxhooks as jh
+    >>> step = jh.wrap(jax.jit(lambda s, b: ({"step": s["step"] + 1}, {})),
+    ...                hooks=[jh.StopAtStepHook(num_steps=2)])
+    >>> state = step.begin({"step": jnp.array(7)})
+    >>> state, _, stop = step(state)
+    >>> step.step, stop, step.should_stop
+    (8, False, False)
+    >>> state, _, stop = step(state)
+    >>> step.step, stop, step.should_stop
+    (9, True, True)
   """
 
   def __init__(self, train_step: Callable[[Any, Any], Tuple[Any, Any]],
