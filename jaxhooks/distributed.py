@@ -13,6 +13,7 @@ steps that are multiples of ``check_every_n_steps``::
         a process that does not arrive -> CoordinationTimeoutError naming
         the step and the process)
     any process asked to stop -> every process stops after step c
+    any process got a preemption notice -> every process saves step c
     time timers fire at step c where process 0's timer was due
 
 The exchange goes through the key-value store of ``jax.distributed`` (the
@@ -119,6 +120,8 @@ class DistributedCoordinator(Coordinator):
     self._pending: List[str] = []
     self._timers: List[SecondOrStepTimer] = []
     self._checks: List[int] = []
+    self._preempt_notified = False
+    self._preempt_step: Optional[int] = None
 
   @property
   def timeout_secs(self) -> float:
@@ -135,6 +138,18 @@ class DistributedCoordinator(Coordinator):
       self._reasons.append(str(reason))
     else:
       self._pending.append(str(reason))
+
+  def agree_preemption_step(self, step: int, *,
+                            notified: bool) -> Optional[int]:
+    """The agreed preemption save step: a notice on any process is shared at
+    the next check step, and every process saves at that step."""
+    if notified:
+      self._preempt_notified = True
+      if self._independent or self.process_count == 1:
+        return int(step)
+    if self._preempt_step is not None and self._preempt_step == step:
+      return int(step)
+    return None
 
   def bind(self, hooks: Sequence[Any]) -> None:
     """Shares the time timers of hooks that run on every process."""
@@ -172,6 +187,7 @@ class DistributedCoordinator(Coordinator):
       return
     me = self.process_index
     payload = {"stop": self._pending,
+               "preempt": self._preempt_notified,
                "due": ([t.time_due() for t in self._timers]
                        if me == 0 else [])}
     self._client.key_value_set(self._key(step, me), json.dumps(payload))
@@ -194,6 +210,9 @@ class DistributedCoordinator(Coordinator):
     if requests:
       self._reasons.append(f"agreed at step {step}: " + "; ".join(requests))
       self._pending.clear()
+    if self._preempt_step is None and any(
+        p.get("preempt") for p in payloads.values()):
+      self._preempt_step = step
     for timer, due in zip(self._timers, payloads[0]["due"]):
       timer.agree(step, bool(due))
 
