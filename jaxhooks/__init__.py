@@ -15,6 +15,7 @@ Example:
 
 from jaxhooks.basic_hooks import FeedFnHook, FinalOpsHook, LambdaHook
 from jaxhooks.coord import Coordinator
+from jaxhooks.early_stopping import EarlyStoppingHook
 from jaxhooks.errors import (LifecycleError, NanLossDuringTrainingError,
                              StepMismatchError)
 from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
@@ -22,27 +23,39 @@ from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
                            SessionRunHook, SessionRunValues)
 from jaxhooks.log_hooks import LoggingTensorHook, StepCounterHook
 from jaxhooks.nan_hook import NanTensorHook
+from jaxhooks.profiler_hook import ProfilerHook
+from jaxhooks.progress import ProgressBarHook
 from jaxhooks.runner import HookedStep, wrap
 from jaxhooks.session import MonitoredTrainingSession
 from jaxhooks.stop_hooks import GlobalStepWaiterHook, StopAtStepHook
+from jaxhooks.summary_hook import SummarySaverHook
 from jaxhooks.timer import SecondOrStepTimer
+from jaxhooks.writers import (CsvWriter, JsonlWriter, MetricWriter,
+                              MultiWriter, TensorBoardWriter, default_writer)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Coordinator",
+    "CsvWriter",
+    "EarlyStoppingHook",
     "FeedFnHook",
     "FinalOpsHook",
     "GLOBAL_STEP",
     "GlobalStepWaiterHook",
     "Hook",
     "HookedStep",
+    "JsonlWriter",
     "LambdaHook",
     "LifecycleError",
     "LoggingTensorHook",
+    "MetricWriter",
     "MonitoredTrainingSession",
+    "MultiWriter",
     "NanLossDuringTrainingError",
     "NanTensorHook",
+    "ProfilerHook",
+    "ProgressBarHook",
     "RunArgs",
     "RunContext",
     "RunValues",
@@ -55,5 +68,8 @@ __all__ = [
     "StepCounterHook",
     "StepMismatchError",
     "StopAtStepHook",
+    "SummarySaverHook",
+    "TensorBoardWriter",
+    "default_writer",
     "wrap",
 ]
