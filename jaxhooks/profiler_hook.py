@@ -97,6 +97,7 @@ class ProfilerHook(Hook):
     self._name = str(name)
     self._window: Optional[Tuple[int, int, str]] = None  # first, last, dir
     self._annotation: Any = None
+    self._last_traced: Optional[int] = None
     self.traces: List[Tuple[int, int, str]] = []
 
   @property
@@ -123,6 +124,7 @@ class ProfilerHook(Hook):
       log_dir = os.path.join(self._output_dir, f"step_{step}")
       jax.profiler.start_trace(log_dir)
       self._window = (step, step + self._num_steps - 1, log_dir)
+      self._last_traced = None
     if self._window is None:
       return None
     self._annotation = jax.profiler.StepTraceAnnotation(self._name,
@@ -136,6 +138,7 @@ class ProfilerHook(Hook):
     if self._window is None:
       return
     self._close_annotation()
+    self._last_traced = run_context.step
     if run_context.step == self._window[1]:
       self._stop(run_context.step)
 
@@ -154,7 +157,8 @@ class ProfilerHook(Hook):
     if self._window is not None:
       self._close_annotation()
       jax.block_until_ready(session.state)
-      self._stop(session.step)
+      last = self._last_traced
+      self._stop(self._window[0] if last is None else last)
 
   def on_exception(self, session: Session, exc: BaseException) -> None:
     self.end(session)

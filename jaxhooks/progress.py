@@ -193,8 +193,8 @@ class ProgressBarHook(Hook):
     if self._bar is not None:
       if values:
         self._bar.set_postfix_str(_fmt_metrics(values), refresh=False)
-    else:
-      self._line(step, self._last, now, final=False)
+    elif not (self._total is not None and step >= self._total):
+      self._line(step, self._last, now, final=False)  # the last one: in end
     self._last = (step, now)
 
   def end(self, session: Session) -> None:
@@ -229,7 +229,8 @@ class ProgressBarHook(Hook):
     steps, secs = step - since[0], now - since[1]
     rate = steps / secs if steps > 0 and secs > 0 else None
     if rate is not None:
-      parts.append(f"{rate:.3g} steps/s")
+      parts.append((f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}")
+                   + " steps/s")
     if final:
       parts.append(f"done in {_fmt_secs(now - self._start[1])}")
     elif total and rate is not None and total > step:
