@@ -10,7 +10,8 @@ import numpy as np
 from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues, Session
 from jaxhooks.log_hooks import _tagged
 from jaxhooks.timer import Clock, SecondOrStepTimer
-from jaxhooks.writers import MetricWriter, default_writer, scalar_dict
+from jaxhooks.writers import (MetricWriter, default_writer, open_writer,
+                              scalar_dict)
 
 __all__ = ["SummarySaverHook"]
 
@@ -116,6 +117,9 @@ class SummarySaverHook(Hook):
   @property
   def timer(self) -> SecondOrStepTimer:
     return self._timer
+
+  def begin(self) -> None:
+    open_writer(self._writer)   # an unwritable directory fails here
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     self._trigger = self._timer.should_trigger_for_step(run_context.step)

@@ -13,18 +13,22 @@ A writer is anything with ``write_scalars(step, scalars)``, ``flush()`` and
 The built-in writers write on the primary process (``jax.process_index()
 == 0``) only; on other processes every call does nothing, so the same
 training script runs unchanged on every host. Files are opened on the first
-write and reopened (appending) after ``close``.
+write (or by ``open()``, which hooks call in ``begin``) and reopened
+(appending) after ``close``.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
-from typing import Any, Dict, Iterable, Optional, Protocol, runtime_checkable
+from typing import (Any, Callable, Dict, Iterable, Optional, Protocol,
+                    runtime_checkable)
 
 import numpy as np
 
@@ -35,6 +39,7 @@ __all__ = [
     "JsonlWriter",
     "MultiWriter",
     "default_writer",
+    "open_writer",
     "scalar_dict",
 ]
 
@@ -119,12 +124,17 @@ class _FileWriter:
       self._active = not self._primary_only or _is_primary()
     return self._active
 
+  def open(self) -> None:
+    """Opens the file now (hooks call it in ``begin``, so that a directory
+    that cannot be written fails before training, not at the first write)."""
+    if self._handle is None and self._enabled():
+      self._handle = self._open()
+
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._enabled():
       return
     values = scalar_dict(scalars)
-    if self._handle is None:
-      self._handle = self._open()
+    self.open()
     self._write(self._handle, int(step), values)
 
   def flush(self) -> None:
@@ -152,10 +162,15 @@ class _FileWriter:
 class TensorBoardWriter(_FileWriter):
   """Writes TensorBoard event files in ``logdir`` with ``tensorboardX``.
 
+  Each ``write_scalars`` call is one event holding all its scalars, written
+  in the calling thread (no queue, no background thread); the file is
+  flushed at most every ``flush_secs`` seconds, and by ``flush``/``close``.
+
   Args:
     logdir: the directory of the event files (``tensorboard --logdir``).
-    flush_secs: how often ``tensorboardX`` flushes in the background.
+    flush_secs: the longest time written events stay in the file buffer.
     primary_only: write on process 0 only (the default).
+    clock: time source for ``flush_secs`` (tests inject one).
 
   Example:
     >>> import tempfile, jaxhooks as jh
@@ -164,23 +179,39 @@ class TensorBoardWriter(_FileWriter):
     >>> writer.close()
   """
 
-  def __init__(self, logdir: str, *, flush_secs: float = 30.0,
-               primary_only: bool = True):
+  _files = itertools.count()
+
+  def __init__(self, logdir: str, *, flush_secs: float = 10.0,
+               primary_only: bool = True,
+               clock: Optional[Callable[[], float]] = None):
     super().__init__(logdir, primary_only=primary_only)
     self._flush_secs = flush_secs
+    self._clock = clock or time.monotonic
+    self._last_flush = 0.0
 
   def _open(self) -> Any:
     try:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX.event_file_writer import EventsWriter  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ImportError(
           "TensorBoardWriter needs tensorboardX: "
           "`pip install jaxhooks[tensorboard]`.") from e
-    return SummaryWriter(self._path, flush_secs=self._flush_secs)
+    os.makedirs(self._path, exist_ok=True)
+    suffix = f".{os.getpid()}.{next(self._files)}"
+    self._last_flush = self._clock()
+    return EventsWriter(os.path.join(self._path, "events"), suffix)
 
   def _write(self, handle: Any, step: int, values: Dict[str, float]) -> None:
-    for tag, value in values.items():
-      handle.add_scalar(tag, value, global_step=step)
+    from tensorboardX.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=tag, simple_value=value)
+        for tag, value in values.items()])
+    handle.write_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                       summary=summary))
+    now = self._clock()
+    if now - self._last_flush >= self._flush_secs:
+      handle.flush()
+      self._last_flush = now
 
 
 class CsvWriter(_FileWriter):
@@ -264,6 +295,10 @@ class MultiWriter:
     for w in self._writers:
       w.write_scalars(step, scalars)
 
+  def open(self) -> None:
+    for w in self._writers:
+      open_writer(w)
+
   def flush(self) -> None:
     for w in self._writers:
       w.flush()
@@ -274,6 +309,13 @@ class MultiWriter:
 
   def __repr__(self) -> str:
     return f"MultiWriter({list(self._writers)!r})"
+
+
+def open_writer(writer: MetricWriter) -> None:
+  """Calls ``writer.open()`` when the writer has one (files open early)."""
+  opener = getattr(writer, "open", None)
+  if callable(opener):
+    opener()
 
 
 def default_writer(logdir: str) -> MetricWriter:

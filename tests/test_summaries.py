@@ -189,3 +189,30 @@ def test_monitored_session_writes_summaries_and_step_rate(tmp_path):
   # StepCounterHook: first report at step 1 starts the clock, then rates.
   assert [s for s, _ in events["global_step/sec"]] == [10, 20, 30]
   assert all(v > 0 for _, v in events["global_step/sec"])
+
+
+def test_unwritable_output_dir_fails_at_begin(tmp_path):
+  (tmp_path / "file").write_text("")
+  hook = jh.SummarySaverHook(save_steps=1, output_dir=str(tmp_path / "file"
+                                                          / "logs"))
+  step = jh.wrap(scripted_step(LOSSES), [hook])
+  with pytest.raises(OSError):
+    step.begin(state_at())
+
+
+def test_tensorboard_writer_flushes_every_flush_secs(tmp_path):
+  clock = FakeClock()
+  writer = jh.TensorBoardWriter(str(tmp_path), flush_secs=10, clock=clock)
+  writer.write_scalars(1, {"loss": 1.0, "acc": 0.5})
+  assert read_events(tmp_path) == {}  # still in the file buffer
+  clock.advance(10)
+  writer.write_scalars(2, {"loss": 0.5})
+  assert read_events(tmp_path) == {"loss": [(1, 1.0), (2, 0.5)],
+                                   "acc": [(1, 0.5)]}
+  writer.write_scalars(3, {"loss": 0.25})
+  writer.close()
+  writer.write_scalars(4, {"loss": 0.125})  # a second file, same directory
+  writer.close()
+  assert len(os.listdir(tmp_path)) == 2
+  assert read_events(tmp_path)["loss"] == [(1, 1.0), (2, 0.5), (3, 0.25),
+                                           (4, 0.125)]
