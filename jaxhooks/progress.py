@@ -42,8 +42,9 @@ class ProgressBarHook(Hook):
 
     train: step 300/1000 (30%) | 12.5 steps/s | ETA 0:00:56 | loss=0.1234
 
-  and a last line in ``end``. Steps are counted on the host; the device is
-  read only on refresh steps (the step and the chosen metrics, in the one
+  and a last line in ``end``; the first line has no rate (its steps include
+  compilation). Steps are counted on the host; the device is read only on
+  refresh steps (the step and the chosen metrics, in the one
   ``jax.device_get`` of that step), so the rate counts finished steps.
 
   Args:
@@ -79,7 +80,7 @@ class ProgressBarHook(Hook):
     ...   state, _, _ = step(state)
     >>> state = step.end(state)
     >>> print(out.getvalue(), end="")
-    train: step 1/40 (2%) | 2 steps/s | ETA 0:00:20 | loss=1
+    train: step 1/40 (2%) | loss=1
     train: step 21/40 (52%) | 2 steps/s | ETA 0:00:10 | loss=0.04762
     train: step 40/40 (100%) | 2 steps/s | done in 0:00:20 | loss=0.025
   """
@@ -228,6 +229,8 @@ class ProgressBarHook(Hook):
       parts[0] += f"/{total} ({100 * step // total}%)"
     steps, secs = step - since[0], now - since[1]
     rate = steps / secs if steps > 0 and secs > 0 else None
+    if not final and since is self._start:
+      rate = None  # the first steps include compilation: no rate, no ETA
     if rate is not None:
       parts.append((f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}")
                    + " steps/s")
