@@ -18,10 +18,21 @@ __all__ = ["ProgressBarHook"]
 _STEP = "__jaxhooks_step__"
 
 
-def _in_notebook() -> bool:
+def _tqdm(required: bool) -> Any:
+  """``tqdm.auto.tqdm``, or ``None`` when tqdm is missing and not required."""
+  try:
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    if required:
+      raise ImportError("ProgressBarHook's bar needs tqdm: "
+                        "`pip install jaxhooks[progress]`.") from e
+    return None
+  return tqdm
+
+
+def _in_notebook(tqdm: Any) -> bool:
   """True when ``tqdm.auto`` picked the Jupyter/Colab widget."""
-  import tqdm.auto  # pylint: disable=g-import-not-at-top
-  return any(c.__module__ == "tqdm.notebook" for c in tqdm.auto.tqdm.__mro__)
+  return any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)
 
 
 def _fmt_secs(secs: float) -> str:
@@ -60,7 +71,8 @@ class ProgressBarHook(Hook):
     desc: the label in front of the bar or line.
     stream: where to write (``sys.stderr`` by default).
     plain: ``True`` for plain lines, ``False`` for a bar, ``None`` to choose
-      (a bar in a notebook or when ``stream.isatty()``).
+      (a bar in a notebook or when ``stream.isatty()``, if tqdm is
+      installed).
     clock: time source for rates and refreshes (tests inject one).
 
   Example:
@@ -113,6 +125,7 @@ class ProgressBarHook(Hook):
 
   def _reset(self) -> None:
     self._bar = None
+    self._tqdm: Any = None
     self._timer: Optional[SecondOrStepTimer] = None
     self._stream = self._stream_arg
     self._plain = self._plain_arg
@@ -138,9 +151,12 @@ class ProgressBarHook(Hook):
     self._reset()
     if self._stream is None:
       self._stream = sys.stderr
+    tqdm = None if self._plain else _tqdm(required=self._plain is False)
     if self._plain is None:
       isatty = getattr(self._stream, "isatty", None)
-      self._plain = not (_in_notebook() or (isatty is not None and isatty()))
+      self._plain = tqdm is None or not (
+          _in_notebook(tqdm) or (isatty is not None and isatty()))
+    self._tqdm = None if self._plain else tqdm
     secs, steps = self._every
     if secs is None and steps is None:
       secs = 30.0 if self._plain else 1.0
@@ -163,11 +179,10 @@ class ProgressBarHook(Hook):
     self._total = self._total_arg
     if self._total is None and self._stop_hook is not None:
       self._total = self._stop_hook.last_step
-    if not self._plain:
-      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-      initial = self._start[0]
-      self._bar = tqdm(total=self._total, initial=initial, desc=self._desc,
-                       unit="step", file=self._stream, dynamic_ncols=True)
+    if self._tqdm is not None:
+      self._bar = self._tqdm(total=self._total, initial=self._start[0],
+                             desc=self._desc, unit="step", file=self._stream,
+                             dynamic_ncols=True)
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     if not self._started:

@@ -2,6 +2,7 @@
 device reads on refresh steps only."""
 
 import io
+import sys
 
 import pytest
 
@@ -104,3 +105,12 @@ def test_terminal_bar_reads_metrics_on_refresh_steps_only(monkeypatch):
 def test_bad_arguments(kwargs, error, match):
   with pytest.raises(error, match=match):
     jh.ProgressBarHook(**kwargs)
+
+
+def test_without_tqdm_plain_lines_or_a_clear_error(monkeypatch):
+  monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails
+  auto = jh.ProgressBarHook(stream=TtyStream())
+  auto.begin()
+  assert auto.plain is True
+  with pytest.raises(ImportError, match=r"`pip install jaxhooks\[progress\]`"):
+    jh.ProgressBarHook(plain=False).begin()
