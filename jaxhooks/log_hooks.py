@@ -192,5 +192,6 @@ class StepCounterHook(Hook):
       self._writer.write_scalars(run_context.step, {"global_step/sec": rate})
 
   def end(self, session: Session) -> None:
-    if self._writer is not None:
-      self._writer.flush()
+    flush = getattr(self._writer, "flush", None)
+    if callable(flush):
+      flush()
