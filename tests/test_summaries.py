@@ -216,3 +216,14 @@ def test_tensorboard_writer_flushes_every_flush_secs(tmp_path):
   assert len(os.listdir(tmp_path)) == 2
   assert read_events(tmp_path)["loss"] == [(1, 1.0), (2, 0.5), (3, 0.25),
                                            (4, 0.125)]
+
+
+def test_step_rate_alone_is_flushed_at_end(tmp_path):
+  hooks = session_lib.summary_hooks(summary_dir=str(tmp_path),
+                                    save_summaries_steps=0,
+                                    save_summaries_secs=None,
+                                    log_step_count_steps=5)
+  assert [type(h) for h in hooks] == [jh.StepCounterHook]
+  run(scripted_step(LOSSES), [jh.StopAtStepHook(last_step=10)] + hooks)
+  events = read_events(tmp_path)
+  assert [s for s, _ in events["global_step/sec"]] == [5, 10]
