@@ -11,7 +11,7 @@ from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
                            Session)
 from jaxhooks.log_hooks import _tagged
 from jaxhooks.stop_hooks import StopAtStepHook
-from jaxhooks.timer import Clock, SecondOrStepTimer, check_period
+from jaxhooks.timer import Clock, SecondOrStepTimer
 
 __all__ = ["ProgressBarHook"]
 
@@ -112,7 +112,6 @@ class ProgressBarHook(Hook):
     if every_n_iter is not None or every_n_secs is not None:
       SecondOrStepTimer(every_n_secs, every_n_iter,
                         names=("every_n_secs", "every_n_iter"))  # validates
-    check_period("every_n_iter", every_n_iter)
     self._every = (every_n_secs, every_n_iter)
     if stream is not None and not hasattr(stream, "write"):
       raise TypeError(f"`stream` must have a `write` method, got {stream!r}.")
@@ -256,4 +255,6 @@ class ProgressBarHook(Hook):
     if self._postfix:
       parts.append(_fmt_metrics(self._postfix))
     self._stream.write(" | ".join(parts) + "\n")
-    self._stream.flush()
+    flush = getattr(self._stream, "flush", None)
+    if callable(flush):
+      flush()

@@ -163,12 +163,13 @@ class TensorBoardWriter(_FileWriter):
   """Writes TensorBoard event files in ``logdir`` with ``tensorboardX``.
 
   Each ``write_scalars`` call is one event holding all its scalars, written
-  in the calling thread (no queue, no background thread); the file is
-  flushed at most every ``flush_secs`` seconds, and by ``flush``/``close``.
+  in the calling thread (no queue, no background thread). The file is
+  flushed by the first write at least ``flush_secs`` after the last flush,
+  and by ``flush`` and ``close`` (hooks call them in ``end``).
 
   Args:
     logdir: the directory of the event files (``tensorboard --logdir``).
-    flush_secs: the longest time written events stay in the file buffer.
+    flush_secs: seconds between flushes while writing.
     primary_only: write on process 0 only (the default).
     clock: time source for ``flush_secs`` (tests inject one).
 
