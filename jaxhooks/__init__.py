@@ -16,6 +16,7 @@ Example:
 from jaxhooks.basic_hooks import FeedFnHook, FinalOpsHook, LambdaHook
 from jaxhooks.coord import Coordinator
 from jaxhooks.distributed import DistributedCoordinator
+from jaxhooks.early_stopping import EarlyStoppingHook
 from jaxhooks.errors import (CoordinationTimeoutError, LifecycleError,
                              NanLossDuringTrainingError, StepMismatchError)
 from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
@@ -23,29 +24,41 @@ from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
                            SessionRunHook, SessionRunValues)
 from jaxhooks.log_hooks import LoggingTensorHook, StepCounterHook
 from jaxhooks.nan_hook import NanTensorHook
+from jaxhooks.profiler_hook import ProfilerHook
+from jaxhooks.progress import ProgressBarHook
 from jaxhooks.runner import HookedStep, wrap
 from jaxhooks.session import MonitoredTrainingSession
 from jaxhooks.stop_hooks import GlobalStepWaiterHook, StopAtStepHook
+from jaxhooks.summary_hook import SummarySaverHook
 from jaxhooks.timer import SecondOrStepTimer
+from jaxhooks.writers import (CsvWriter, JsonlWriter, MetricWriter,
+                              MultiWriter, TensorBoardWriter, default_writer)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CoordinationTimeoutError",
     "Coordinator",
+    "CsvWriter",
     "DistributedCoordinator",
+    "EarlyStoppingHook",
     "FeedFnHook",
     "FinalOpsHook",
     "GLOBAL_STEP",
     "GlobalStepWaiterHook",
     "Hook",
     "HookedStep",
+    "JsonlWriter",
     "LambdaHook",
     "LifecycleError",
     "LoggingTensorHook",
+    "MetricWriter",
     "MonitoredTrainingSession",
+    "MultiWriter",
     "NanLossDuringTrainingError",
     "NanTensorHook",
+    "ProfilerHook",
+    "ProgressBarHook",
     "RunArgs",
     "RunContext",
     "RunValues",
@@ -58,5 +71,8 @@ __all__ = [
     "StepCounterHook",
     "StepMismatchError",
     "StopAtStepHook",
+    "SummarySaverHook",
+    "TensorBoardWriter",
+    "default_writer",
     "wrap",
 ]

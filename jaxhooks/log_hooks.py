@@ -191,3 +191,8 @@ class StepCounterHook(Hook):
     log.info("global_step/sec: %g", rate)
     if self._writer is not None:
       self._writer.write_scalars(run_context.step, {"global_step/sec": rate})
+
+  def end(self, session: Session) -> None:
+    flush = getattr(self._writer, "flush", None)
+    if callable(flush):
+      flush()

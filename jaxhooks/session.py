@@ -20,8 +20,42 @@ from jaxhooks.errors import LifecycleError
 from jaxhooks.hook import Hook
 from jaxhooks.log_hooks import StepCounterHook
 from jaxhooks.runner import HookedStep
+from jaxhooks.summary_hook import SummarySaverHook
+from jaxhooks.writers import default_writer
 
-__all__ = ["MonitoredTrainingSession", "default_hooks"]
+__all__ = ["MonitoredTrainingSession", "default_hooks", "summary_hooks"]
+
+
+def summary_hooks(*, summary_dir: Optional[str],
+                  save_summaries_steps: Optional[int],
+                  save_summaries_secs: Optional[float],
+                  log_step_count_steps: Optional[int]) -> List[Hook]:
+  """The summary part of the defaults, as TensorFlow's.
+
+  - ``StepCounterHook(every_n_steps=log_step_count_steps)`` when it is > 0,
+    writing ``global_step/sec`` to ``summary_dir`` when there is one.
+  - With ``summary_dir``: ``SummarySaverHook`` writing every scalar output
+    of the step every ``save_summaries_steps`` steps (or
+    ``save_summaries_secs`` seconds; giving it replaces the default steps).
+    Both hooks share one TensorBoard writer.
+  """
+  if save_summaries_secs is not None and save_summaries_steps == 100:
+    save_summaries_steps = None  # TF: giving the seconds replaces the default
+  hooks: List[Hook] = []
+  writer = None
+  if summary_dir is not None and (save_summaries_steps or
+                                  save_summaries_secs):
+    summary = SummarySaverHook(save_steps=save_summaries_steps or None,
+                               save_secs=save_summaries_secs or None,
+                               output_dir=summary_dir)
+    writer = summary.writer
+    hooks.append(summary)
+  elif summary_dir is not None and log_step_count_steps:
+    writer = default_writer(summary_dir)
+  if log_step_count_steps:
+    hooks.insert(0, StepCounterHook(every_n_steps=log_step_count_steps,
+                                    writer=writer))
+  return hooks
 
 
 def default_hooks(*, checkpoint_dir: Optional[str],
@@ -29,15 +63,19 @@ def default_hooks(*, checkpoint_dir: Optional[str],
                   save_checkpoint_secs: Optional[float],
                   save_summaries_steps: Optional[int],
                   save_summaries_secs: Optional[float],
-                  log_step_count_steps: Optional[int]) -> List[Hook]:
+                  log_step_count_steps: Optional[int],
+                  summary_dir: Optional[str] = None) -> List[Hook]:
   """The hooks ``MonitoredTrainingSession`` adds on the chief, as TF does.
 
-  - ``StepCounterHook(every_n_steps=log_step_count_steps)`` when it is > 0.
-  - With ``checkpoint_dir``: a summary saver and a checkpoint saver.
+  - The summary hooks of :func:`summary_hooks`, writing to ``summary_dir``
+    (``checkpoint_dir`` by default).
+  - With ``checkpoint_dir``: a checkpoint saver.
   """
-  hooks: List[Hook] = []
-  if log_step_count_steps:
-    hooks.append(StepCounterHook(every_n_steps=log_step_count_steps))
+  hooks = summary_hooks(
+      summary_dir=summary_dir if summary_dir is not None else checkpoint_dir,
+      save_summaries_steps=save_summaries_steps,
+      save_summaries_secs=save_summaries_secs,
+      log_step_count_steps=log_step_count_steps)
   if checkpoint_dir is not None:
     raise NotImplementedError(
         "`checkpoint_dir` needs the Orbax CheckpointSaverHook, which this "
@@ -52,13 +90,15 @@ class MonitoredTrainingSession:
     train_step: a jitted ``(state, batch) -> (state, outputs)``.
     state: the initial train state (replaced by the latest checkpoint in
       ``checkpoint_dir`` when there is one).
-    checkpoint_dir: where checkpoints (and summaries) go.
+    checkpoint_dir: where checkpoints (and, by default, summaries) go.
     hooks: hooks run on every process.
     chief_only_hooks: hooks run on process 0 only.
     step_fn: reads the step of a state (see :func:`jaxhooks.wrap`).
     save_checkpoint_steps, save_checkpoint_secs: checkpoint period.
     save_summaries_steps, save_summaries_secs: summary period.
     log_step_count_steps: ``StepCounterHook`` period (0 or None: none).
+    summary_dir: where TensorBoard summaries go (``checkpoint_dir`` when
+      ``None``); see :func:`summary_hooks`.
     coord: the stop coordinator (as :func:`jaxhooks.wrap` chooses it by
       default).
 
@@ -90,6 +130,7 @@ class MonitoredTrainingSession:
                save_summaries_steps: Optional[int] = 100,
                save_summaries_secs: Optional[float] = None,
                log_step_count_steps: Optional[int] = 100,
+               summary_dir: Optional[str] = None,
                coord: Optional[Coordinator] = None):
     coord = coord or default_coordinator()
     all_hooks = list(hooks)
@@ -101,7 +142,8 @@ class MonitoredTrainingSession:
           save_checkpoint_secs=save_checkpoint_secs,
           save_summaries_steps=save_summaries_steps,
           save_summaries_secs=save_summaries_secs,
-          log_step_count_steps=log_step_count_steps)
+          log_step_count_steps=log_step_count_steps,
+          summary_dir=summary_dir)
     self._step = HookedStep(train_step, all_hooks, step_fn=step_fn,
                             coord=coord)
     self._initial_state = state

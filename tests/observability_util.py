@@ -1,0 +1,70 @@
+"""Helpers of the observability tests: a scripted step, a fake clock, a
+loop driver and a spy on the runner's device reads."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxhooks import fetch, runner
+
+
+def scripted_step(losses):
+  """A jitted step whose loss at global step s is ``losses[s - 1]``."""
+  table = jnp.asarray(losses, jnp.float32)
+
+  @jax.jit
+  def train_step(state, batch):
+    del batch
+    step = state["step"]
+    return {"step": step + 1}, {"loss": table[step],
+                                "double": 2.0 * table[step],
+                                "vec": jnp.full(3, table[step])}
+  return train_step
+
+
+def expected(losses, steps):
+  """The float32 values of ``losses`` at global ``steps``."""
+  return [float(np.float32(losses[s - 1])) for s in steps]
+
+
+def state_at(step=0):
+  return {"step": jnp.asarray(step, jnp.int32)}
+
+
+class FakeClock:
+  """A clock that moves only when told to."""
+
+  def __init__(self, t=0.0):
+    self.t = float(t)
+
+  def __call__(self):
+    return self.t
+
+  def advance(self, secs):
+    self.t += secs
+
+
+def run(train_step, hooks, state=None, *, max_calls=10_000):
+  """Drives ``wrap(train_step, hooks)`` to its stop; returns the HookedStep."""
+  step = runner.wrap(train_step, hooks)
+  state = step.begin(state_at() if state is None else state)
+  calls = 0
+  while not step.should_stop:
+    state, _, _ = step(state)
+    calls += 1
+    assert calls <= max_calls
+  step.end(state)
+  return step
+
+
+class FetchSpy:
+  """Counts the runner's device reads (the real reads still happen)."""
+
+  def __init__(self, monkeypatch):
+    self.calls = 0
+    real = fetch.resolve_fetches
+
+    def counting(*args, **kwargs):
+      self.calls += 1
+      return real(*args, **kwargs)
+    monkeypatch.setattr(fetch, "resolve_fetches", counting)
