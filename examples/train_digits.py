@@ -4,9 +4,11 @@ The data (1,797 8x8 images) ships with scikit-learn: nothing is downloaded.
 
   python examples/train_digits.py                 # 1,500 steps
   python examples/train_digits.py --steps 300     # a quick run
+  tensorboard --logdir runs/digits                # the curves
 
 Hooks: stop at a step, log loss and accuracy every 100 steps, steps/sec,
-a NaN check, and the test accuracy of the final parameters.
+a NaN check, TensorBoard summaries, a progress bar, and the test accuracy of
+the final parameters.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=1500)
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--log-every", type=int, default=100)
+  parser.add_argument("--logdir", default="runs/digits")
+  parser.add_argument("--summary-every", type=int, default=10)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s",
                       stream=sys.stdout, force=True)
@@ -116,13 +120,19 @@ def main(argv=None):
   (x_train, y_train), (x_test, y_test) = load_data()
   batches = Batches(x_train, y_train, args.batch_size)
   final = jh.FinalOpsHook({"test_accuracy": accuracy_on(x_test, y_test)})
+  summaries = jh.SummarySaverHook(save_steps=args.summary_every,
+                                  output_dir=args.logdir,
+                                  scalars=["loss", "accuracy"])
   step = jh.wrap(train_step, hooks=[
       jh.StopAtStepHook(last_step=args.steps),
       jh.NanTensorHook("loss"),
       jh.LoggingTensorHook({"step": jh.GLOBAL_STEP, "loss": "loss",
                             "accuracy": "accuracy"},
                            every_n_iter=args.log_every),
-      jh.StepCounterHook(every_n_steps=args.log_every),
+      jh.StepCounterHook(every_n_steps=args.log_every,
+                         writer=summaries.writer),
+      summaries,
+      jh.ProgressBarHook(metrics=["loss", "accuracy"]),
       final,
   ])
   state = step.begin(create_state())

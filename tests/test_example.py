@@ -18,15 +18,17 @@ def _load_example():
   return module
 
 
-def test_train_digits_learns_and_logs_every_n_steps(capsys):
+def test_train_digits_learns_and_logs_every_n_steps(capsys, tmp_path):
   example = _load_example()
-  accuracy = example.main(["--steps", "300", "--log-every", "100"])
+  accuracy = example.main(["--steps", "300", "--log-every", "100",
+                           "--logdir", str(tmp_path)])
   out = capsys.readouterr().out.splitlines()
   logged_steps = [line.split(",")[0] for line in out if line.startswith("step = ")]
   assert logged_steps == ["step = 100", "step = 200", "step = 300"]
   assert sum(line.startswith("global_step/sec: ") for line in out) == 3
   assert out[-1].startswith("trained 300 steps; test accuracy ")
   assert accuracy > 0.9
+  assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
 
 
 def test_batches_resume_from_their_saved_position():
