@@ -14,14 +14,17 @@ Example:
 """
 
 from jaxhooks.basic_hooks import FeedFnHook, FinalOpsHook, LambdaHook
+from jaxhooks.checkpoint import CheckpointSaverHook, CheckpointSaverListener
 from jaxhooks.coord import Coordinator
-from jaxhooks.errors import (LifecycleError, NanLossDuringTrainingError,
-                             StepMismatchError)
+from jaxhooks.errors import (CheckpointError, CheckpointMismatchError,
+                             LifecycleError, NanLossDuringTrainingError,
+                             NonFiniteStateError, StepMismatchError)
 from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
                            Session, SessionRunArgs, SessionRunContext,
                            SessionRunHook, SessionRunValues)
 from jaxhooks.log_hooks import LoggingTensorHook, StepCounterHook
 from jaxhooks.nan_hook import NanTensorHook
+from jaxhooks.preemption import PreemptionNotice
 from jaxhooks.runner import HookedStep, wrap
 from jaxhooks.session import MonitoredTrainingSession
 from jaxhooks.stop_hooks import GlobalStepWaiterHook, StopAtStepHook
@@ -30,6 +33,10 @@ from jaxhooks.timer import SecondOrStepTimer
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointSaverHook",
+    "CheckpointSaverListener",
     "Coordinator",
     "FeedFnHook",
     "FinalOpsHook",
@@ -43,6 +50,8 @@ __all__ = [
     "MonitoredTrainingSession",
     "NanLossDuringTrainingError",
     "NanTensorHook",
+    "NonFiniteStateError",
+    "PreemptionNotice",
     "RunArgs",
     "RunContext",
     "RunValues",
