@@ -48,7 +48,10 @@ def make_manager(directory: str, *, max_to_keep: Optional[int],
       max_to_keep=max_to_keep, keep_period=keep_period, best_fn=best_fn,
       best_mode=best_mode, keep_checkpoints_without_metrics=True,
       create=True, cleanup_tmp_directories=True,
-      enable_async_checkpointing=async_save)
+      enable_async_checkpointing=async_save,
+      # Create the step directory before save() returns: a directory that
+      # cannot be made fails that save at once instead of in the background.
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   handlers = {STATE: ocp.StandardCheckpointHandler(),
               HOOKS: ocp.JsonCheckpointHandler(),
               DATA: ocp.JsonCheckpointHandler()}
