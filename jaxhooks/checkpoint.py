@@ -88,7 +88,8 @@ class CheckpointSaverHook(Hook):
     checkpoint_dir: the directory of the ``CheckpointManager`` (local path or
       any ``etils.epath`` URL such as ``gs://``).
     save_steps: save on global steps that are multiples of this.
-    save_secs: save when this many seconds have passed since the last save.
+    save_secs: save the first step that starts at least this many seconds
+      after the last save (the period starts with the session).
       At most one of the two; with neither, the hook saves only at the start
       (``save_on_start``), on preemption and at the end.
     max_to_keep: how many checkpoints to keep (``None``: all).
