@@ -230,7 +230,8 @@ class CheckpointSaverHook(Hook):
       return sorted(self._manager.all_steps())
     manager = cio.make_manager(self.checkpoint_dir, max_to_keep=None,
                                keep_period=None, best_metric=None,
-                               best_mode="min", async_save=False)
+                               best_mode="min", async_save=False,
+                               read_only=True)
     try:
       return sorted(manager.all_steps())
     finally:

@@ -39,7 +39,8 @@ _BYTES = "__bytes_b64__"
 
 def make_manager(directory: str, *, max_to_keep: Optional[int],
                  keep_period: Optional[int], best_metric: Optional[str],
-                 best_mode: str, async_save: bool) -> ocp.CheckpointManager:
+                 best_mode: str, async_save: bool,
+                 read_only: bool = False) -> ocp.CheckpointManager:
   """An Orbax ``CheckpointManager`` for the three jaxhooks items."""
   best_fn = None
   if best_metric is not None:
@@ -47,7 +48,8 @@ def make_manager(directory: str, *, max_to_keep: Optional[int],
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, keep_period=keep_period, best_fn=best_fn,
       best_mode=best_mode, keep_checkpoints_without_metrics=True,
-      create=True, cleanup_tmp_directories=True,
+      create=not read_only, cleanup_tmp_directories=not read_only,
+      read_only=read_only,
       enable_async_checkpointing=async_save,
       # Create the step directory before save() returns: a directory that
       # cannot be made fails that save at once instead of in the background.

@@ -103,6 +103,9 @@ def test_saves_on_multiples_of_save_steps_and_at_end(tmp_path):
   state, _ = train([jh.StopAtStepHook(last_step=10), saver])
   assert on_disk(tmp_path) == [3, 6, 9, 10]
   assert saver.last_saved_step == 10 and saver.manager is None
+  assert saver.all_steps() == [3, 6, 9, 10]
+  assert jh.CheckpointSaverHook(tmp_path / "none").all_steps() == []
+  assert not (tmp_path / "none").exists()  # a query creates nothing
 
 
 def test_max_to_keep_and_keep_period(tmp_path):
