@@ -14,16 +14,20 @@ Example:
 """
 
 from jaxhooks.basic_hooks import FeedFnHook, FinalOpsHook, LambdaHook
+from jaxhooks.checkpoint import CheckpointSaverHook, CheckpointSaverListener
 from jaxhooks.coord import Coordinator
 from jaxhooks.distributed import DistributedCoordinator
 from jaxhooks.early_stopping import EarlyStoppingHook
-from jaxhooks.errors import (CoordinationTimeoutError, LifecycleError,
-                             NanLossDuringTrainingError, StepMismatchError)
+from jaxhooks.errors import (CheckpointError, CheckpointMismatchError,
+                             CoordinationTimeoutError, LifecycleError,
+                             NanLossDuringTrainingError, NonFiniteStateError,
+                             StepMismatchError)
 from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
                            Session, SessionRunArgs, SessionRunContext,
                            SessionRunHook, SessionRunValues)
 from jaxhooks.log_hooks import LoggingTensorHook, StepCounterHook
 from jaxhooks.nan_hook import NanTensorHook
+from jaxhooks.preemption import PreemptionNotice
 from jaxhooks.profiler_hook import ProfilerHook
 from jaxhooks.progress import ProgressBarHook
 from jaxhooks.runner import HookedStep, wrap
@@ -37,9 +41,14 @@ from jaxhooks.writers import (CsvWriter, JsonlWriter, MetricWriter,
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointSaverHook",
+    "CheckpointSaverListener",
     "CoordinationTimeoutError",
     "Coordinator",
     "CsvWriter",
+    "default_writer",
     "DistributedCoordinator",
     "EarlyStoppingHook",
     "FeedFnHook",
@@ -57,6 +66,8 @@ __all__ = [
     "MultiWriter",
     "NanLossDuringTrainingError",
     "NanTensorHook",
+    "NonFiniteStateError",
+    "PreemptionNotice",
     "ProfilerHook",
     "ProgressBarHook",
     "RunArgs",
@@ -73,6 +84,5 @@ __all__ = [
     "StopAtStepHook",
     "SummarySaverHook",
     "TensorBoardWriter",
-    "default_writer",
     "wrap",
 ]

@@ -77,6 +77,31 @@ class Coordinator:
   def should_stop(self) -> bool:
     return bool(self._reasons)
 
+  def agree_preemption_step(self, step: int, *,
+                            notified: bool) -> Optional[int]:
+    """The step at which every process saves and stops after a preemption.
+
+    Called by ``CheckpointSaverHook`` before each step call with the step
+    that call completes and whether this process received a preemption
+    notice (SIGTERM). In one process the agreed step is that step as soon as
+    the notice is there. A multi-process coordinator overrides this to agree
+    on one step for all processes (without a collective at every step, e.g.
+    through JAX's preemption sync manager) and returns the same value on
+    every process.
+
+    Args:
+      step: the global step the coming call completes.
+      notified: whether this process received a preemption notice.
+
+    Returns:
+      ``step`` when this call's step is the agreed one, else ``None``.
+
+    Example:
+      >>> Coordinator().agree_preemption_step(7, notified=True)
+      7
+    """
+    return int(step) if notified else None
+
   @property
   def stop_reasons(self) -> tuple:
     return tuple(self._reasons)

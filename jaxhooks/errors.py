@@ -13,6 +13,9 @@ __all__ = [
     "LifecycleError",
     "StepMismatchError",
     "NanLossDuringTrainingError",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "NonFiniteStateError",
 ]
 
 
@@ -96,3 +99,32 @@ class CoordinationTimeoutError(RuntimeError):
 
   def __reduce__(self):
     return (type(self), (self.step, self.process, self.timeout_secs))
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written or read: an unwritable or corrupted
+  checkpoint directory, or a background write that failed."""
+
+
+class CheckpointMismatchError(CheckpointError):
+  """The checkpoint's train state does not have the structure (tree paths,
+  shapes) of the state it is restored into."""
+
+
+class NonFiniteStateError(CheckpointError):
+  """A save was refused because the train state holds NaN or infinity.
+
+  Attributes:
+    step: the global step of the state.
+  """
+
+  def __init__(self, step: int, checkpoint_dir: str = ""):
+    self.step = step
+    self.checkpoint_dir = checkpoint_dir
+    super().__init__(
+        f"Refusing to save a non-finite train state (NaN or inf) at step "
+        f"{step} to `checkpoint_dir` {checkpoint_dir!r}; the last saved "
+        "checkpoint is kept.")
+
+  def __reduce__(self):
+    return (type(self), (self.step, self.checkpoint_dir))

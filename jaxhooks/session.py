@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Sequence
 
+from jaxhooks.checkpoint import CheckpointSaverHook
 from jaxhooks.coord import Coordinator
 from jaxhooks.distributed import default_coordinator
 from jaxhooks.errors import LifecycleError
@@ -23,7 +24,11 @@ from jaxhooks.runner import HookedStep
 from jaxhooks.summary_hook import SummarySaverHook
 from jaxhooks.writers import default_writer
 
-__all__ = ["MonitoredTrainingSession", "default_hooks", "summary_hooks"]
+__all__ = ["MonitoredTrainingSession", "default_hooks", "summary_hooks",
+           "DEFAULT_SAVE_CHECKPOINT_SECS"]
+
+#: TensorFlow's checkpoint period when neither steps nor seconds are given.
+DEFAULT_SAVE_CHECKPOINT_SECS = 600
 
 
 def summary_hooks(*, summary_dir: Optional[str],
@@ -65,11 +70,16 @@ def default_hooks(*, checkpoint_dir: Optional[str],
                   save_summaries_secs: Optional[float],
                   log_step_count_steps: Optional[int],
                   summary_dir: Optional[str] = None) -> List[Hook]:
-  """The hooks ``MonitoredTrainingSession`` adds on the chief, as TF does.
+  """The hooks ``MonitoredTrainingSession`` adds, as TF does.
 
   - The summary hooks of :func:`summary_hooks`, writing to ``summary_dir``
-    (``checkpoint_dir`` by default).
-  - With ``checkpoint_dir``: a checkpoint saver.
+    (``checkpoint_dir`` by default); they write on process 0 only.
+  - With ``checkpoint_dir``: a ``CheckpointSaverHook(checkpoint_dir)``, last,
+    on every process (Orbax saves need all of them). Its period follows TF:
+    ``save_checkpoint_steps`` if given, else ``save_checkpoint_secs``, and
+    600 seconds when neither is given. A period of 0 turns periodic saves
+    off; the hook still restores the latest checkpoint, saves on preemption
+    and saves the final state at the end.
   """
   hooks = summary_hooks(
       summary_dir=summary_dir if summary_dir is not None else checkpoint_dir,
@@ -77,10 +87,21 @@ def default_hooks(*, checkpoint_dir: Optional[str],
       save_summaries_secs=save_summaries_secs,
       log_step_count_steps=log_step_count_steps)
   if checkpoint_dir is not None:
-    raise NotImplementedError(
-        "`checkpoint_dir` needs the Orbax CheckpointSaverHook, which this "
-        f"version of jaxhooks does not have yet; got {checkpoint_dir!r}.")
+    hooks.append(_checkpoint_hook(checkpoint_dir, save_checkpoint_steps,
+                                  save_checkpoint_secs))
   return hooks
+
+
+def _checkpoint_hook(checkpoint_dir: str, steps: Optional[int],
+                     secs: Optional[float]) -> CheckpointSaverHook:
+  if steps is not None and secs is not None:
+    raise ValueError(
+        "At most one of `save_checkpoint_steps` and `save_checkpoint_secs` "
+        f"may be given, got {steps!r} and {secs!r}.")
+  if steps is None and secs is None:
+    secs = DEFAULT_SAVE_CHECKPOINT_SECS
+  return CheckpointSaverHook(checkpoint_dir, save_steps=steps or None,
+                             save_secs=secs or None)
 
 
 class MonitoredTrainingSession:
@@ -94,7 +115,9 @@ class MonitoredTrainingSession:
     hooks: hooks run on every process.
     chief_only_hooks: hooks run on process 0 only.
     step_fn: reads the step of a state (see :func:`jaxhooks.wrap`).
-    save_checkpoint_steps, save_checkpoint_secs: checkpoint period.
+    save_checkpoint_steps, save_checkpoint_secs: checkpoint period (at most
+      one; 600 seconds when neither is given, as in TensorFlow; 0: no
+      periodic saves, only the final one).
     save_summaries_steps, save_summaries_secs: summary period.
     log_step_count_steps: ``StepCounterHook`` period (0 or None: none).
     summary_dir: where TensorBoard summaries go (``checkpoint_dir`` when
@@ -136,14 +159,16 @@ class MonitoredTrainingSession:
     all_hooks = list(hooks)
     if coord.is_primary:
       all_hooks += list(chief_only_hooks)
-      all_hooks += default_hooks(
-          checkpoint_dir=checkpoint_dir,
-          save_checkpoint_steps=save_checkpoint_steps,
-          save_checkpoint_secs=save_checkpoint_secs,
-          save_summaries_steps=save_summaries_steps,
-          save_summaries_secs=save_summaries_secs,
-          log_step_count_steps=log_step_count_steps,
-          summary_dir=summary_dir)
+    # Default hooks go on every process: checkpoint saves need all of them,
+    # and the writing hooks are `primary_only`.
+    all_hooks += default_hooks(
+        checkpoint_dir=checkpoint_dir,
+        save_checkpoint_steps=save_checkpoint_steps,
+        save_checkpoint_secs=save_checkpoint_secs,
+        save_summaries_steps=save_summaries_steps,
+        save_summaries_secs=save_summaries_secs,
+        log_step_count_steps=log_step_count_steps,
+        summary_dir=summary_dir)
     self._step = HookedStep(train_step, all_hooks, step_fn=step_fn,
                             coord=coord)
     self._initial_state = state

@@ -198,7 +198,9 @@ class TensorBoardWriter(_FileWriter):
           "TensorBoardWriter needs tensorboardX: "
           "`pip install jaxhooks[tensorboard]`.") from e
     os.makedirs(self._path, exist_ok=True)
-    suffix = f".{os.getpid()}.{next(self._files)}"
+    # Zero-padded, so that files opened within one second sort (and are
+    # read by TensorBoard) in the order they were written.
+    suffix = f".{os.getpid()}.{next(self._files):06d}"
     self._last_flush = self._clock()
     return EventsWriter(os.path.join(self._path, "events"), suffix)
 

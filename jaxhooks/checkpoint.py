@@ -1,0 +1,410 @@
+"""``CheckpointSaverHook``: Orbax checkpoints that lose nothing.
+
+The hook restores the latest complete checkpoint when the session starts and
+saves while it runs::
+
+  begin()                 check checkpoint_dir is writable, open the manager,
+                          install the SIGTERM handler
+  restore(state, hooks)   latest complete step -> train state (into the
+                          given state's structure and shardings), every
+                          hook's load_state_dict, the data position
+  after_create_session()  save the start state if save_on_start
+  before_run(step s)      s % save_steps == 0, save_secs passed, or the
+                          preemption step agreed by coord -> fetch the
+                          finiteness of the new state (one device_get)
+  after_run(step s)       finite: start an async save of step s (train state,
+                          hooks' state_dict, data position); preemption:
+                          wait until it is written, request stop
+  end()                   final save unless step already saved; wait
+  on_exception()          save the last good state if save_on_exception;
+                          finish (or report) pending writes
+
+The hook saves in its ``after_run``, so it sees the ``after_run`` effects
+of the hooks placed before it: put it after hooks whose counters it saves
+(``MonitoredTrainingSession`` puts it after the user's hooks).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import jax
+
+from jaxhooks import checkpoint_io as cio
+from jaxhooks.errors import CheckpointError, NonFiniteStateError
+from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues, Session
+from jaxhooks.preemption import PreemptionNotice, preemption_reached
+from jaxhooks.timer import Clock, SecondOrStepTimer, check_period
+
+__all__ = ["CheckpointSaverHook", "CheckpointSaverListener"]
+
+log = logging.getLogger("jaxhooks")
+
+
+class CheckpointSaverListener:
+  """Called around ``CheckpointSaverHook``'s saves (TensorFlow's listener).
+
+  Example:
+    >>> class Announce(CheckpointSaverListener):
+    ...   def after_save(self, session, global_step_value):
+    ...     print("saved", global_step_value)
+    ...     return global_step_value >= 10   # True requests stop
+    >>> Announce().after_save(None, 10)
+    saved 10
+    True
+  """
+
+  def begin(self) -> None:
+    """Called in the hook's ``begin``."""
+
+  def before_save(self, session: Session, global_step_value: int) -> None:
+    """Called before a save is started."""
+
+  def after_save(self, session: Session,
+                 global_step_value: int) -> Optional[bool]:
+    """Called once the save is started (async) or written (sync); return
+    ``True`` to stop training after this step."""
+    return None
+
+  def end(self, session: Session, global_step_value: int) -> None:
+    """Called at the end, after the final save is written."""
+
+
+def _check_int(name: str, value: Any, minimum: int) -> Optional[int]:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"`{name}` must be an int >= {minimum} or None, got "
+                     f"{value!r}.")
+  return value
+
+
+class CheckpointSaverHook(Hook):
+  """Saves and restores the train state with Orbax.
+
+  Args:
+    checkpoint_dir: the directory of the ``CheckpointManager`` (local path or
+      any ``etils.epath`` URL such as ``gs://``).
+    save_steps: save on global steps that are multiples of this.
+    save_secs: save the first step that starts at least this many seconds
+      after the last save (the period starts with the session).
+      At most one of the two; with neither, the hook saves only at the start
+      (``save_on_start``), on preemption and at the end.
+    max_to_keep: how many checkpoints to keep (``None``: all).
+    keep_period: also keep every checkpoint whose step is a multiple of this.
+    best_metric: keep the ``max_to_keep`` best checkpoints by this output of
+      the step (read on save steps) instead of the latest ones.
+    best_mode: ``"min"`` or ``"max"`` for ``best_metric``.
+    save_on_start: save the state training starts from (TF1 saved it in
+      ``after_create_session``), unless that step is already on disk.
+    listeners: ``CheckpointSaverListener`` objects.
+    async_save: write in the background (Orbax async checkpointing); the loop
+      is blocked only while the state is copied off the device.
+    save_on_preemption: handle SIGTERM: save at the agreed step, wait, stop.
+    save_on_exception: when the loop dies of an exception, save the last good
+      state (if finite and not already saved).
+    on_nonfinite: a save of a state with NaN or inf is refused; ``"raise"``
+      raises ``NonFiniteStateError``, ``"stop"`` logs and stops training.
+    data_iterator: an iterator with ``get_state()``/``set_state(state)`` (as
+      grain's are); its position is saved with the state and restored.
+    data_state: instead of ``data_iterator``, a pair of functions
+      ``(get_state, set_state)``.
+    clock: time source for ``save_secs`` (tests inject one).
+
+  Example:
+    >>> import tempfile, jax, jax.numpy as jnp
+    >>> import jaxhooks as jh
+    >>> train_step = jax.jit(lambda s, b: ({"w": s["w"] * 2,
+    ...                                     "step": s["step"] + 1}, {}))
+    >>> ckpt_dir = tempfile.mkdtemp()
+    >>> def run(last_step):
+    ...   saver = jh.CheckpointSaverHook(ckpt_dir, save_steps=2)
+    ...   step = jh.wrap(train_step, [jh.StopAtStepHook(last_step=last_step),
+    ...                               saver])
+    ...   state = step.begin({"w": jnp.ones(2), "step": jnp.array(0)})
+    ...   stop = step.should_stop
+    ...   while not stop:
+    ...     state, _, stop = step(state)
+    ...   step.end(state)
+    ...   return state, saver.all_steps()
+    >>> run(3)[1]
+    [2, 3]
+    >>> state, steps = run(5)            # resumes from step 3
+    >>> state["w"].tolist(), steps
+    ([32.0, 32.0], [2, 3, 4, 5])
+  """
+
+  def __init__(self, checkpoint_dir: Any, *, save_steps: Optional[int] = None,
+               save_secs: Optional[float] = None,
+               max_to_keep: Optional[int] = 5,
+               keep_period: Optional[int] = None,
+               best_metric: Optional[str] = None, best_mode: str = "min",
+               save_on_start: bool = False,
+               listeners: Sequence[CheckpointSaverListener] = (),
+               async_save: bool = True, save_on_preemption: bool = True,
+               save_on_exception: bool = False, on_nonfinite: str = "raise",
+               data_iterator: Any = None,
+               data_state: Optional[Tuple[Callable, Callable]] = None,
+               clock: Optional[Clock] = None):
+    if not isinstance(checkpoint_dir, str) and not hasattr(
+        checkpoint_dir, "__fspath__"):
+      raise TypeError("`checkpoint_dir` must be a path, got "
+                      f"{checkpoint_dir!r}.")
+    if save_steps is not None and save_secs is not None:
+      raise ValueError(
+          "At most one of `save_steps` and `save_secs` may be given, got "
+          f"save_steps={save_steps!r}, save_secs={save_secs!r}.")
+    self._timer = None
+    if save_steps is not None or save_secs is not None:
+      self._timer = SecondOrStepTimer(every_secs=save_secs,
+                                      every_steps=save_steps, clock=clock,
+                                      names=("save_secs", "save_steps"))
+    self._max_to_keep = _check_int("max_to_keep", max_to_keep, 1)
+    self._keep_period = _check_int("keep_period", keep_period, 1)
+    if best_mode not in ("min", "max"):
+      raise ValueError(f"`best_mode` must be 'min' or 'max', got {best_mode!r}.")
+    if best_metric is not None and not isinstance(best_metric, str):
+      raise ValueError("`best_metric` must be the name of an output, got "
+                       f"{best_metric!r}.")
+    if on_nonfinite not in ("raise", "stop"):
+      raise ValueError("`on_nonfinite` must be 'raise' or 'stop', got "
+                       f"{on_nonfinite!r}.")
+    for i, listener in enumerate(listeners):
+      if not isinstance(listener, CheckpointSaverListener):
+        raise TypeError(f"`listeners[{i}]` must be a CheckpointSaverListener,"
+                        f" got {listener!r}.")
+    self._data = self._data_pair(data_iterator, data_state)
+    check_period("save_secs", save_secs)
+    self.checkpoint_dir = str(checkpoint_dir)
+    self._best_metric, self._best_mode = best_metric, best_mode
+    self._save_on_start = bool(save_on_start)
+    self._listeners = tuple(listeners)
+    self._async = bool(async_save)
+    self._save_on_preemption = bool(save_on_preemption)
+    self._save_on_exception = bool(save_on_exception)
+    self._on_nonfinite = on_nonfinite
+    self._notice = PreemptionNotice()
+    self._manager = None
+    self._hooks: Tuple[Hook, ...] = (self,)
+    self._coord = None
+    self._pending = None      # (step, preempted) decided in before_run
+    self._captured = None     # the new state, captured by the fetch
+    self.last_saved_step: Optional[int] = None
+    self.restored_step: Optional[int] = None
+
+  @staticmethod
+  def _data_pair(iterator: Any, pair: Any) -> Optional[Tuple[Callable, ...]]:
+    if iterator is not None and pair is not None:
+      raise ValueError("Give `data_iterator` or `data_state`, not both; got "
+                       f"{iterator!r} and {pair!r}.")
+    if iterator is not None:
+      if not (callable(getattr(iterator, "get_state", None))
+              and callable(getattr(iterator, "set_state", None))):
+        raise TypeError("`data_iterator` must have `get_state()` and "
+                        f"`set_state(state)` methods, got {iterator!r}.")
+      return iterator.get_state, iterator.set_state
+    if pair is not None:
+      if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+              and all(callable(f) for f in pair)):
+        raise TypeError("`data_state` must be a pair of functions "
+                        f"(get_state, set_state), got {pair!r}.")
+      return tuple(pair)
+    return None
+
+  # -- public helpers -------------------------------------------------------
+
+  @property
+  def manager(self):
+    """The Orbax ``CheckpointManager`` (between ``begin`` and ``end``)."""
+    return self._manager
+
+  @property
+  def preemption_notice(self) -> PreemptionNotice:
+    return self._notice
+
+  def all_steps(self) -> list:
+    """The steps of the complete checkpoints on disk."""
+    if self._manager is not None:
+      return sorted(self._manager.all_steps())
+    manager = cio.make_manager(self.checkpoint_dir, max_to_keep=None,
+                               keep_period=None, best_metric=None,
+                               best_mode="min", async_save=False,
+                               read_only=True)
+    try:
+      return sorted(manager.all_steps())
+    finally:
+      manager.close()
+
+  def wait_until_finished(self) -> None:
+    """Blocks until pending writes are done; raises a failed write's error."""
+    if self._manager is None:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise CheckpointError(
+          f"Writing a checkpoint to `checkpoint_dir` {self.checkpoint_dir!r} "
+          f"failed: {type(e).__name__}: {e}") from e
+
+  # -- hook methods ---------------------------------------------------------
+
+  def begin(self) -> None:
+    index = jax.process_index()
+    cio.check_writable(self.checkpoint_dir, index)
+    self._manager = cio.make_manager(
+        self.checkpoint_dir, max_to_keep=self._max_to_keep,
+        keep_period=self._keep_period, best_metric=self._best_metric,
+        best_mode=self._best_mode, async_save=self._async)
+    self.last_saved_step = self.restored_step = None
+    self._pending = self._captured = None
+    if self._timer is not None:
+      self._timer.reset()
+    self._notice.clear()
+    if self._save_on_preemption:
+      self._notice.install()
+    for listener in self._listeners:
+      listener.begin()
+
+  def restore(self, state: Any, hooks: tuple) -> Any:
+    self._hooks = tuple(hooks) or (self,)
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    restored, hook_states, data = cio.restore_checkpoint(
+        self._manager, step, state, with_data=self._data is not None)
+    cio.load_hook_states(self._hooks, hook_states)
+    if self._data is not None and data is not None:
+      self._data[1](data)
+    self.last_saved_step = self.restored_step = step
+    log.info("Restored the checkpoint of step %d from %s.", step,
+             self.checkpoint_dir)
+    return restored
+
+  def after_create_session(self, session: Session, coord: Any) -> None:
+    self._coord = coord
+    if self._timer is not None:
+      self._timer.update_last_triggered_step(session.step)
+    if self._save_on_start and session.step != self.last_saved_step:
+      self._save(session, finite=None, metrics=None)
+
+  def _capture(self, state: Any, outputs: Any) -> Any:
+    self._captured = state
+    return cio.all_finite(state)
+
+  def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
+    step = run_context.step
+    preempted = self._save_on_preemption and self._coord is not None and (
+        preemption_reached(self._coord, self._notice, step,
+                           manager=self._manager))
+    periodic = (self._timer is not None
+                and self._timer.should_trigger_for_step(step))
+    if not (preempted or periodic):
+      return None
+    self._pending = (step, preempted)
+    fetches = {"finite": self._capture}
+    if self._best_metric is not None:
+      fetches["metric"] = self._best_metric
+    return RunArgs(fetches=fetches)
+
+  def after_run(self, run_context: RunContext,
+                run_values: RunValues) -> Optional[bool]:
+    if self._pending is None:
+      return None
+    step, preempted = self._pending
+    state, self._captured, self._pending = self._captured, None, None
+    if self._timer is not None:
+      self._timer.update_last_triggered_step(step)
+    metrics = None
+    if self._best_metric is not None:
+      metrics = {self._best_metric: float(run_values.results["metric"])}
+    session = run_context.session._replace(state=state, step=step)
+    saved, stop = self._save(session, finite=bool(
+        run_values.results["finite"]), metrics=metrics)
+    if preempted:
+      self.wait_until_finished()
+      log.warning("Preemption notice (%s): saved step %d, stopping.",
+                  self._notice.signal_name, step)
+      run_context.request_stop()
+    if stop or not saved:
+      run_context.request_stop()
+    return None
+
+  def end(self, session: Session) -> None:
+    try:
+      if session.step != self.last_saved_step:
+        self._save(session, finite=None, metrics=self._end_metrics(session))
+      self.wait_until_finished()
+      for listener in self._listeners:
+        listener.end(session, session.step)
+    finally:
+      self._close()
+
+  def on_exception(self, session: Session, exc: BaseException) -> None:
+    try:
+      if self._save_on_exception and session.step != self.last_saved_step:
+        self._save(session, finite=None, metrics=None, failing=True)
+      self.wait_until_finished()
+    except Exception as e:  # report, but keep the original exception
+      log.error("While stopping on %s: %s", type(exc).__name__, e)
+      exc.add_note(f"jaxhooks: checkpoint not saved: {e}")
+    finally:
+      self._close()
+
+  def state_dict(self) -> Optional[dict]:
+    return None
+
+  # -- saving ---------------------------------------------------------------
+
+  def _end_metrics(self, session: Session) -> Optional[dict]:
+    outputs = session.outputs
+    if (self._best_metric is None or not isinstance(outputs, Mapping)
+        or self._best_metric not in outputs):
+      return None
+    return {self._best_metric: float(jax.device_get(
+        outputs[self._best_metric]))}
+
+  def _save(self, session: Session, *, finite: Optional[bool],
+            metrics: Optional[dict], failing: bool = False
+            ) -> Tuple[bool, bool]:
+    """Saves ``session.state`` at ``session.step``; returns
+    ``(saved, stop_requested_by_a_listener)``."""
+    step = session.step
+    if finite is None:
+      finite = bool(jax.device_get(cio.all_finite(session.state)))
+    if not finite:
+      if self._on_nonfinite == "raise" and not failing:
+        raise NonFiniteStateError(step, self.checkpoint_dir)
+      log.error("Not saving the non-finite train state of step %d; the last "
+                "checkpoint (step %s) is kept.", step, self.last_saved_step)
+      return False, False
+    for listener in self._listeners:
+      listener.before_save(session, step)
+    items = {cio.STATE: cio.ocp.args.StandardSave(session.state),
+             cio.HOOKS: cio.ocp.args.JsonSave(cio.hook_states(self._hooks))}
+    if self._data is not None:
+      items[cio.DATA] = cio.ocp.args.JsonSave(
+          cio.to_json(self._data[0](), where="the data iterator's state"))
+    try:
+      self._manager.save(step, args=cio.ocp.args.Composite(**items),
+                         metrics=metrics, force=True)
+    except Exception as e:
+      raise CheckpointError(
+          f"Saving step {step} to `checkpoint_dir` {self.checkpoint_dir!r} "
+          f"failed: {type(e).__name__}: {e}") from e
+    self.last_saved_step = step
+    stop = False
+    for listener in self._listeners:
+      stop = listener.after_save(session, step) is True or stop
+    return True, stop
+
+  def _close(self) -> None:
+    self._notice.uninstall()
+    if self._manager is not None:
+      manager, self._manager = self._manager, None
+      manager.close()
+
+  def __repr__(self) -> str:
+    period = "no periodic saves" if self._timer is None else repr(self._timer)
+    return f"CheckpointSaverHook({self.checkpoint_dir!r}, {period})"

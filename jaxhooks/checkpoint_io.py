@@ -1,0 +1,281 @@
+"""What goes into a jaxhooks checkpoint, and how it comes back.
+
+A checkpoint step directory holds up to three Orbax items::
+
+  <checkpoint_dir>/<step>/state   the train state (StandardCheckpointHandler)
+  <checkpoint_dir>/<step>/hooks   {"StopAtStepHook:0": {...}, ...} (JSON)
+  <checkpoint_dir>/<step>/data    the data iterator's position (JSON)
+
+Hook states are keyed by class name and the hook's position among the hooks
+of that class, so adding or removing hooks of other classes (or running the
+logging hooks on process 0 only) does not shift the keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Mapping
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxhooks.errors import CheckpointError, CheckpointMismatchError
+
+__all__ = [
+    "make_manager", "check_writable", "all_finite", "hook_states",
+    "load_hook_states", "to_json", "from_json", "restore_checkpoint",
+]
+
+log = logging.getLogger("jaxhooks")
+
+STATE, HOOKS, DATA = "state", "hooks", "data"
+_BYTES = "__bytes_b64__"
+
+
+def make_manager(directory: str, *, max_to_keep: Optional[int],
+                 keep_period: Optional[int], best_metric: Optional[str],
+                 best_mode: str, async_save: bool,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """An Orbax ``CheckpointManager`` for the three jaxhooks items."""
+  best_fn = None
+  if best_metric is not None:
+    best_fn = lambda metrics: float(metrics[best_metric])  # noqa: E731
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, keep_period=keep_period, best_fn=best_fn,
+      best_mode=best_mode, keep_checkpoints_without_metrics=True,
+      create=not read_only, cleanup_tmp_directories=not read_only,
+      read_only=read_only,
+      enable_async_checkpointing=async_save,
+      # Create the step directory before save() returns: a directory that
+      # cannot be made fails that save at once instead of in the background.
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+  handlers = {STATE: ocp.StandardCheckpointHandler(),
+              HOOKS: ocp.JsonCheckpointHandler(),
+              DATA: ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options,
+                               item_handlers=handlers)
+
+
+def check_writable(directory: str, process_index: int = 0) -> None:
+  """Creates ``directory`` and writes a probe file in it.
+
+  Raises:
+    CheckpointError: naming the directory and the OS error.
+  """
+  path = epath.Path(directory)
+  probe = path / f".jaxhooks-write-probe-{process_index}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise CheckpointError(
+        f"`checkpoint_dir` {str(directory)!r} is not a writable directory: "
+        f"{type(e).__name__}: {e}") from e
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  # max(|x|) is NaN or inf exactly when some element is (XLA's max
+  # propagates NaN), and one max-reduction reads the state about three times
+  # faster than all(isfinite(x)) on CPU.
+  peaks = [jnp.max(jnp.abs(x)).astype(jnp.float32)
+           for x in jax.tree_util.tree_leaves(tree)
+           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+           and np.size(x) > 0]
+  return jnp.all(jnp.isfinite(jnp.stack(peaks))) if peaks else jnp.array(True)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """A device scalar: True when no float leaf of ``tree`` holds NaN or inf.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> bool(all_finite({"w": jnp.ones(2), "step": jnp.array(3)}))
+    True
+    >>> bool(all_finite({"w": jnp.array([1.0, jnp.nan])}))
+    False
+    >>> bool(all_finite({"w": jnp.array([-jnp.inf, 1.0], jnp.bfloat16)}))
+    False
+  """
+  return _all_finite(tree)
+
+
+# -- JSON values ------------------------------------------------------------
+
+
+def to_json(value: Any, *, where: str) -> Any:
+  """``value`` with numpy/JAX scalars and arrays as Python values, tuples as
+  lists and bytes base64-wrapped, so that it can be written as JSON.
+
+  Example:
+    >>> import numpy as np
+    >>> to_json({"n": np.int32(3), "b": b"ab", "t": (1, 2)}, where="x")
+    {'n': 3, 'b': {'__bytes_b64__': 'YWI='}, 't': [1, 2]}
+  """
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  if isinstance(value, (bytes, bytearray)):
+    return {_BYTES: base64.b64encode(bytes(value)).decode("ascii")}
+  if isinstance(value, Mapping):
+    out = {}
+    for k, v in value.items():
+      if not isinstance(k, str):
+        raise TypeError(f"{where}: keys must be strings to be saved, got "
+                        f"{k!r}.")
+      out[k] = to_json(v, where=where)
+    return out
+  if isinstance(value, (list, tuple)):
+    return [to_json(v, where=where) for v in value]
+  if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+    return np.asarray(value).tolist()
+  raise TypeError(
+      f"{where}: cannot save a {type(value).__name__} ({value!r}) in a "
+      "checkpoint; use JSON values (numbers, strings, lists, dicts, bytes).")
+
+
+def from_json(value: Any) -> Any:
+  """Undoes the bytes wrapping of :func:`to_json`."""
+  if isinstance(value, Mapping):
+    if set(value) == {_BYTES}:
+      return base64.b64decode(value[_BYTES])
+    return {k: from_json(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [from_json(v) for v in value]
+  return value
+
+
+def _hook_keys(hooks: Iterable[Any]) -> List[Tuple[str, Any]]:
+  seen: Dict[str, int] = {}
+  keyed = []
+  for hook in hooks:
+    name = type(hook).__name__
+    keyed.append((f"{name}:{seen.get(name, 0)}", hook))
+    seen[name] = seen.get(name, 0) + 1
+  return keyed
+
+
+def hook_states(hooks: Iterable[Any]) -> Dict[str, Any]:
+  """Every hook's ``state_dict()`` that is not ``None``, by stable key."""
+  out = {}
+  for key, hook in _hook_keys(hooks):
+    sd = hook.state_dict()
+    if sd is not None:
+      out[key] = to_json(sd, where=f"`{key}.state_dict()`")
+  return out
+
+
+def load_hook_states(hooks: Iterable[Any], saved: Mapping[str, Any]) -> None:
+  """Calls ``load_state_dict`` on every hook whose state was saved."""
+  keyed = _hook_keys(hooks)
+  for key, hook in keyed:
+    if key in saved:
+      hook.load_state_dict(from_json(saved[key]))
+  unused = sorted(set(saved) - {k for k, _ in keyed})
+  if unused:
+    log.warning("The checkpoint holds the state of hooks that are not in "
+                "this session, ignored: %s", unused)
+
+
+# -- restore ----------------------------------------------------------------
+
+
+def _path_str(path: Tuple[Any, ...]) -> Tuple[str, ...]:
+  out = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        out.append(str(getattr(k, attr)))
+        break
+    else:
+      out.append(str(k))
+  return tuple(out)
+
+
+def _leaves_by_path(tree: Any) -> Dict[Tuple[str, ...], Any]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {_path_str(p): leaf for p, leaf in flat}
+
+
+def structure_diff(state: Any, saved_tree: Any) -> List[str]:
+  """Differences between a state and the metadata tree of a saved one.
+
+  Example:
+    >>> import numpy as np
+    >>> structure_diff({"w": np.ones(2), "b": np.ones(1)},
+    ...                {"w": np.ones(3), "c": np.ones(1)})
+    ['missing in the checkpoint: b', 'only in the checkpoint: c', 'w: shape (2,) in the state, (3,) in the checkpoint']
+  """
+  want, have = _leaves_by_path(state), _leaves_by_path(saved_tree)
+  diffs = [f"missing in the checkpoint: {'.'.join(p)}"
+           for p in want if p not in have]
+  diffs += [f"only in the checkpoint: {'.'.join(p)}"
+            for p in have if p not in want]
+  for p, leaf in want.items():
+    if p in have:
+      got = getattr(have[p], "shape", None)
+      got = tuple(np.shape(have[p]) if got is None else got)
+      if tuple(np.shape(leaf)) != got:
+        diffs.append(f"{'.'.join(p)}: shape {tuple(np.shape(leaf))} in the "
+                     f"state, {got} in the checkpoint")
+  return diffs
+
+
+def _abstract(leaf: Any) -> Any:
+  if isinstance(leaf, jax.Array):
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+  return leaf
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any,
+                       *, with_data: bool) -> Tuple[Any, Dict[str, Any], Any]:
+  """Restores ``(state, hook_states, data_state)`` of ``step``.
+
+  The train state comes back with the structure, dtypes and shardings of
+  ``state``.
+
+  Raises:
+    CheckpointMismatchError: the saved tree differs from ``state``.
+    CheckpointError: the step directory cannot be read.
+  """
+  where = f"{manager.directory / str(step)}"
+  try:
+    metadata = manager.item_metadata(step)
+    saved_tree = metadata[STATE]
+    saved_tree = getattr(saved_tree, "tree", saved_tree)
+    if saved_tree is None:
+      raise FileNotFoundError(f"no train state item in {where}")
+  except Exception as e:
+    raise CheckpointError(
+        f"The checkpoint of step {step} in {where!r} is corrupted or "
+        f"incomplete ({type(e).__name__}: {e}). Delete that directory to "
+        "resume from the previous checkpoint "
+        f"(steps on disk: {list(manager.all_steps())}).") from e
+  diffs = structure_diff(state, saved_tree)
+  if diffs:
+    shown = "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
+    raise CheckpointMismatchError(
+        f"The checkpoint of step {step} in {where!r} does not match the "
+        f"structure of `state`: {shown}.")
+  has_data = with_data and DATA in metadata and (
+      manager.directory / str(step) / DATA).exists()
+  args = {STATE: ocp.args.StandardRestore(
+      jax.tree_util.tree_map(_abstract, state)),
+          HOOKS: ocp.args.JsonRestore()}
+  if has_data:
+    args[DATA] = ocp.args.JsonRestore()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+  except Exception as e:
+    raise CheckpointError(
+        f"The checkpoint of step {step} in {where!r} could not be read "
+        f"({type(e).__name__}: {e}). It is corrupted: delete that directory "
+        "to resume from the previous checkpoint "
+        f"(steps on disk: {list(manager.all_steps())}).") from e
+  data = from_json(restored[DATA]) if has_data else None
+  return restored[STATE], dict(restored[HOOKS] or {}), data

@@ -1,0 +1,114 @@
+"""Preemption notices: SIGTERM turned into a flag the training loop polls.
+
+Cloud TPU/GPU VMs and batch schedulers announce a preemption with SIGTERM
+and kill the process some seconds later. :class:`PreemptionNotice` replaces
+the default SIGTERM action (die at once) by setting a flag;
+``CheckpointSaverHook`` reads the flag before each step, agrees on a step
+with the other processes through ``coord.agree_preemption_step`` (or Orbax's
+``CheckpointManager.reached_preemption`` when JAX's preemption service runs),
+saves that step, waits until it is written and stops the loop cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any, Dict, Sequence
+
+__all__ = ["PreemptionNotice", "preemption_reached"]
+
+log = logging.getLogger("jaxhooks")
+
+
+class PreemptionNotice:
+  """Records that a preemption signal arrived.
+
+  Args:
+    signals: the signals that announce a preemption (SIGTERM by default).
+
+  ``install()`` sets the handlers (only possible on the main thread; off it
+  the notice stays uninstalled and says so), ``uninstall()`` puts the
+  previous ones back. ``notify()`` is what the handler calls; a test or a
+  cluster agent may call it too.
+
+  Example:
+    >>> notice = PreemptionNotice()
+    >>> notice.received
+    False
+    >>> notice.notify()
+    >>> notice.received, notice.signal_name
+    (True, 'notify()')
+  """
+
+  def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
+    self._signals = tuple(signals)
+    self._previous: Dict[int, Any] = {}
+    self._event = threading.Event()
+    self.signal_name = None
+
+  @property
+  def received(self) -> bool:
+    return self._event.is_set()
+
+  @property
+  def installed(self) -> bool:
+    return bool(self._previous)
+
+  def notify(self, signum: Any = None, frame: Any = None) -> None:
+    """Records a preemption notice (the signal handler)."""
+    del frame
+    self.signal_name = ("notify()" if signum is None
+                        else signal.Signals(signum).name)
+    self._event.set()
+
+  def clear(self) -> None:
+    self._event.clear()
+    self.signal_name = None
+
+  def install(self) -> bool:
+    """Installs the handlers; returns False off the main thread."""
+    if self._previous:
+      return True
+    if threading.current_thread() is not threading.main_thread():
+      log.warning("Preemption signals are not handled: signal handlers can "
+                  "only be installed from the main thread.")
+      return False
+    for sig in self._signals:
+      self._previous[sig] = signal.signal(sig, self.notify)
+    return True
+
+  def uninstall(self) -> None:
+    """Puts the previous handlers back."""
+    previous, self._previous = self._previous, {}
+    for sig, handler in previous.items():
+      signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+  def __repr__(self) -> str:
+    return (f"PreemptionNotice(received={self.received}, "
+            f"installed={self.installed})")
+
+
+def preemption_reached(coord: Any, notice: PreemptionNotice, step: int, *,
+                       manager: Any = None) -> bool:
+  """True when the call that completes ``step`` is the agreed save step.
+
+  One process: as soon as the notice is there. Several: the step that
+  ``coord.agree_preemption_step`` returns on all of them, or the sync point
+  of JAX's preemption service that ``manager.reached_preemption`` reports.
+
+  Example:
+    >>> from jaxhooks.coord import Coordinator
+    >>> notice = PreemptionNotice()
+    >>> preemption_reached(Coordinator(), notice, 5)
+    False
+    >>> notice.notify()
+    >>> preemption_reached(Coordinator(), notice, 6)
+    True
+  """
+  agreed = coord.agree_preemption_step(step, notified=notice.received)
+  if agreed is not None and int(agreed) == step:
+    return True
+  if manager is not None and getattr(coord, "process_count", 1) > 1:
+    return bool(manager.reached_preemption(step))
+  return False

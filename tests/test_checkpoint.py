@@ -1,0 +1,444 @@
+"""CheckpointSaverHook: exact save steps, retention, restore of the state,
+hook states and data position, listeners, preemption, and each fault."""
+
+import json
+import logging
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxhooks as jh
+from jaxhooks import session as session_lib
+
+
+@jax.jit
+def dict_step(state, batch):
+  w = state["w"] - 0.1 * batch
+  return {"w": w, "step": state["step"] + 1}, {"loss": jnp.sum(w ** 2)}
+
+
+def dict_state(step=0, w=(1.0, 2.0)):
+  return {"w": jnp.asarray(w, jnp.float32), "step": jnp.asarray(step, jnp.int32)}
+
+
+def train(hooks, state=None, batches=None, *, train_step=dict_step):
+  """begin, run to stop, end; returns (final state, hooked step)."""
+  step = jh.wrap(train_step, hooks=hooks)
+  state = step.begin(dict_state() if state is None else state)
+  batches = iter(batches) if batches is not None else None
+  stop = step.should_stop
+  while not stop:
+    try:
+      batch = jnp.ones(2) if batches is None else next(batches)
+    except StopIteration:  # the data ended: end() still runs
+      break
+    state, _, stop = step(state, batch)
+  return step.end(state), step
+
+
+def on_disk(path):
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def saved_json(path, step, item):
+  with open(os.path.join(path, str(step), item, "metadata")) as f:
+    return json.load(f)
+
+
+class FakeClock:
+
+  def __init__(self):
+    self.t = 0.0
+
+  def __call__(self):
+    return self.t
+
+
+class Counter(jh.SessionRunHook):
+  """A hook with its own state: counts the steps it saw."""
+
+  def __init__(self):
+    self.count = 0
+
+  def after_run(self, run_context, run_values):
+    self.count += 1
+
+  def state_dict(self):
+    return {"count": np.int64(self.count), "seen": (1, 2)}
+
+  def load_state_dict(self, state):
+    self.count = state["count"]
+    self.loaded = state
+
+
+class Recorder(jh.CheckpointSaverListener):
+
+  def __init__(self, stop_after=None):
+    self.calls = []
+    self.stop_after = stop_after
+
+  def begin(self):
+    self.calls.append(("begin",))
+
+  def before_save(self, session, global_step_value):
+    self.calls.append(("before_save", global_step_value, session.step))
+
+  def after_save(self, session, global_step_value):
+    self.calls.append(("after_save", global_step_value))
+    return global_step_value == self.stop_after
+
+  def end(self, session, global_step_value):
+    self.calls.append(("end", global_step_value))
+
+
+# -- when saves happen ------------------------------------------------------
+
+
+def test_saves_on_multiples_of_save_steps_and_at_end(tmp_path):
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=3, max_to_keep=None)
+  state, _ = train([jh.StopAtStepHook(last_step=10), saver])
+  assert on_disk(tmp_path) == [3, 6, 9, 10]
+  assert saver.last_saved_step == 10 and saver.manager is None
+  assert saver.all_steps() == [3, 6, 9, 10]
+  assert jh.CheckpointSaverHook(tmp_path / "none").all_steps() == []
+  assert not (tmp_path / "none").exists()  # a query creates nothing
+
+
+def test_max_to_keep_and_keep_period(tmp_path):
+  train([jh.StopAtStepHook(last_step=10),
+         jh.CheckpointSaverHook(tmp_path / "a", save_steps=1, max_to_keep=2)])
+  assert on_disk(tmp_path / "a") == [9, 10]
+  train([jh.StopAtStepHook(last_step=10),
+         jh.CheckpointSaverHook(tmp_path / "b", save_steps=1, max_to_keep=2,
+                                keep_period=4)])
+  assert on_disk(tmp_path / "b") == [4, 8, 9, 10]
+
+
+def test_best_metric_keeps_the_lowest_loss(tmp_path):
+  # loss(s) = (1 - s/10)^2 + (2 - s/10)^2 is lowest at s = 15; of the saved
+  # steps 4, 8, ..., 28, 30: 12 (0.68) and 16 (0.52) are the best two.
+  train([jh.StopAtStepHook(last_step=30),
+         jh.CheckpointSaverHook(tmp_path, save_steps=4, max_to_keep=2,
+                                best_metric="loss")])
+  assert on_disk(tmp_path) == [12, 16]
+
+
+def test_save_secs_with_a_fake_clock(tmp_path):
+  clock = FakeClock()
+  saver = jh.CheckpointSaverHook(tmp_path, save_secs=10, clock=clock)
+
+  def step_fn(state, batch):
+    clock.t += 4.0  # each step takes 4 "seconds"
+    return dict_step(state, batch)
+
+  train([jh.StopAtStepHook(last_step=10), saver], train_step=step_fn)
+  # The period starts with the session (t=0). The decision is taken as a
+  # step starts: step 4 starts at t=12 and is saved (its save is timed
+  # t=16, when it completes); step 8 starts at t=28; the final save at 10.
+  assert on_disk(tmp_path) == [4, 8, 10]
+
+
+def test_save_on_start_and_no_double_final_save(tmp_path):
+  rec = Recorder()
+  train([jh.StopAtStepHook(last_step=4),
+         jh.CheckpointSaverHook(tmp_path, save_steps=2, save_on_start=True,
+                                listeners=[rec])])
+  assert on_disk(tmp_path) == [0, 2, 4]
+  assert rec.calls == [("begin",), ("before_save", 0, 0), ("after_save", 0),
+                       ("before_save", 2, 2), ("after_save", 2),
+                       ("before_save", 4, 4), ("after_save", 4), ("end", 4)]
+
+
+def test_listener_after_save_requests_stop(tmp_path):
+  state, step = train([jh.StopAtStepHook(last_step=100),
+                       jh.CheckpointSaverHook(tmp_path, save_steps=3,
+                                              listeners=[Recorder(6)])])
+  assert step.step == 6 and on_disk(tmp_path) == [3, 6]
+
+
+def test_stop_iteration_ends_with_a_final_save(tmp_path):
+  state, step = train([jh.CheckpointSaverHook(tmp_path, save_steps=4)],
+                      batches=[jnp.ones(2)] * 5)
+  assert step.step == 5 and on_disk(tmp_path) == [4, 5]
+
+
+def _boom_step(state, batch):
+  if batch is None:
+    raise ValueError("bad batch")
+  return dict_step(state, batch)
+
+
+@pytest.mark.parametrize("save_on_exception, steps", [(False, [3]),
+                                                       (True, [3, 4])])
+def test_exception_skips_the_final_save_unless_asked(tmp_path,
+                                                     save_on_exception, steps):
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=3,
+                                 save_on_exception=save_on_exception)
+  step = jh.wrap(_boom_step, hooks=[saver])
+  state = step.begin(dict_state())
+  for _ in range(4):
+    state, _, _ = step(state, jnp.ones(2))
+  with pytest.raises(ValueError, match="bad batch"):
+    step(state, None)
+  assert on_disk(tmp_path) == steps and saver.manager is None
+  if save_on_exception:  # the last good state, step 4
+    restored, _ = train([jh.StopAtStepHook(last_step=4),
+                         jh.CheckpointSaverHook(tmp_path)])
+    np.testing.assert_array_equal(restored["w"], state["w"])
+
+
+# -- restore ----------------------------------------------------------------
+
+
+def test_restore_resumes_state_hook_states_and_stop_target(tmp_path):
+  first = [jh.StopAtStepHook(num_steps=10), Counter(),
+           jh.CheckpointSaverHook(tmp_path, save_steps=3)]
+  step = jh.wrap(dict_step, hooks=first)
+  state = step.begin(dict_state())
+  for _ in range(7):
+    state, _, _ = step(state, jnp.ones(2))
+  step.end(state)  # leaves early: the final save is step 7
+  assert saved_json(tmp_path, 7, "hooks") == {
+      "StopAtStepHook:0": {"last_step": 10},
+      "Counter:0": {"count": 7, "seen": [1, 2]}}
+
+  counter = Counter()
+  final, step = train([jh.StopAtStepHook(num_steps=10), counter,
+                       jh.CheckpointSaverHook(tmp_path, save_steps=3)])
+  assert step.step == 10 and counter.count == 10  # 7 restored + 3 run
+  assert counter.loaded == {"count": 7, "seen": [1, 2]}
+  uninterrupted, _ = train([jh.StopAtStepHook(last_step=10)])
+  np.testing.assert_array_equal(final["w"], uninterrupted["w"])
+
+
+def test_restore_keeps_dtype_and_sharding_and_ignores_partial(tmp_path):
+  train([jh.StopAtStepHook(last_step=4),
+         jh.CheckpointSaverHook(tmp_path, save_steps=2)])
+  os.makedirs(tmp_path / "6.orbax-checkpoint-tmp-123" / "state")
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  state = jax.device_put(dict_state(), sharding)
+  saver = jh.CheckpointSaverHook(tmp_path)
+  step = jh.wrap(dict_step, hooks=[saver])
+  restored = step.begin(state)
+  assert saver.restored_step == 4 and step.step == 4
+  assert restored["w"].dtype == jnp.float32
+  assert restored["step"].dtype == jnp.int32
+  assert restored["w"].sharding == sharding
+  np.testing.assert_allclose(restored["w"], [0.6, 1.6], rtol=1e-6)
+  step.end(restored)
+
+
+class Seekable:
+
+  def __init__(self):
+    self.position = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    self.position += 1
+    return jnp.full(2, float(self.position))
+
+  def get_state(self):
+    return {"position": self.position, "tag": b"\x00\xff"}
+
+  def set_state(self, state):
+    assert state["tag"] == b"\x00\xff"
+    self.position = state["position"]
+
+
+@pytest.mark.parametrize("as_pair", [False, True])
+def test_data_position_is_saved_and_restored(tmp_path, as_pair):
+  def hook(it):
+    if as_pair:
+      return jh.CheckpointSaverHook(tmp_path, save_steps=2,
+                                    data_state=(it.get_state, it.set_state))
+    return jh.CheckpointSaverHook(tmp_path, save_steps=2, data_iterator=it)
+
+  it = Seekable()
+  train([jh.StopAtStepHook(last_step=3), hook(it)], batches=it)
+  it2 = Seekable()
+  final, _ = train([jh.StopAtStepHook(last_step=6), hook(it2)], batches=it2)
+  assert it2.position == 6
+  it3 = Seekable()
+  whole, _ = train([jh.StopAtStepHook(last_step=6)], batches=it3)
+  np.testing.assert_array_equal(final["w"], whole["w"])
+
+
+# -- preemption -------------------------------------------------------------
+
+
+def test_sigterm_saves_next_step_waits_and_stops(tmp_path):
+  before = signal.getsignal(signal.SIGTERM)
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=100)
+  step = jh.wrap(dict_step, hooks=[saver])
+  state = step.begin(dict_state())
+  assert signal.getsignal(signal.SIGTERM) == saver.preemption_notice.notify
+  stop, calls = False, 0
+  while not stop:
+    state, _, stop = step(state, jnp.ones(2))
+    calls += 1
+    if calls == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+  assert step.step == 4 and on_disk(tmp_path) == [4]
+  assert not any("tmp" in d for d in os.listdir(tmp_path))  # written
+  step.end(state)
+  assert on_disk(tmp_path) == [4]  # no second save of step 4
+  assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_preemption_step_goes_through_the_coordinator(tmp_path):
+  class Agreed(jh.Coordinator):
+    def agree_preemption_step(self, step, *, notified):
+      return 5  # as if another process saw the notice
+
+  step = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(
+      tmp_path, save_on_preemption=True)], coord=Agreed())
+  state = step.begin(dict_state())
+  stop = False
+  while not stop:
+    state, _, stop = step(state, jnp.ones(2))
+  step.end(state)
+  assert step.step == 5 and on_disk(tmp_path) == [5]
+
+
+# -- faults -----------------------------------------------------------------
+
+
+def test_unwritable_checkpoint_dir_fails_at_begin(tmp_path):
+  (tmp_path / "file").write_text("x")
+  bad = tmp_path / "file" / "ckpt"
+  calls = []
+  step = jh.wrap(lambda s, b: calls.append(1),
+                 hooks=[jh.CheckpointSaverHook(bad, save_steps=1)])
+  with pytest.raises(jh.CheckpointError,
+                     match=f"`checkpoint_dir` '{bad}' is not a writable "
+                           "directory: NotADirectoryError"):
+    step.begin(dict_state())
+  assert calls == []
+
+
+def test_corrupted_checkpoint_gives_a_clear_error(tmp_path):
+  train([jh.StopAtStepHook(last_step=4),
+         jh.CheckpointSaverHook(tmp_path, save_steps=2)])
+  for root, _, files in os.walk(tmp_path / "4" / "state"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  step = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  with pytest.raises(jh.CheckpointError) as info:
+    step.begin(dict_state())
+  msg = str(info.value)
+  assert msg.startswith(f"The checkpoint of step 4 in '{tmp_path / '4'}' "
+                        "is corrupted")
+  assert msg.endswith("Delete that directory to resume from the previous "
+                      "checkpoint (steps on disk: [2, 4]).")
+
+
+def test_structure_mismatch_names_the_differences(tmp_path):
+  train([jh.StopAtStepHook(last_step=2), jh.CheckpointSaverHook(tmp_path)])
+  other = {"w": jnp.zeros(3), "b": jnp.zeros(1), "step": jnp.array(0)}
+  step = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  with pytest.raises(jh.CheckpointMismatchError) as info:
+    step.begin(other)
+  assert str(info.value) == (
+      f"The checkpoint of step 2 in '{tmp_path / '2'}' does not match the "
+      "structure of `state`: missing in the checkpoint: b; w: shape (3,) in "
+      "the state, (2,) in the checkpoint.")
+
+
+def _nan_at_3(state, batch):
+  return dict_step(state, jnp.where(state["step"] == 2, jnp.nan, batch))
+
+
+def test_non_finite_state_is_never_written(tmp_path):
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=3)
+  step = jh.wrap(jax.jit(_nan_at_3), hooks=[saver])
+  state = step.begin(dict_state())
+  for _ in range(2):
+    state, _, _ = step(state, jnp.ones(2))
+  with pytest.raises(jh.NonFiniteStateError,
+                     match="Refusing to save a non-finite train state .* at "
+                           "step 3"):
+    step(state, jnp.ones(2))
+  assert on_disk(tmp_path) == [] and os.listdir(tmp_path) == []
+
+
+def test_non_finite_state_can_stop_instead(tmp_path, caplog):
+  caplog.set_level(logging.ERROR, logger="jaxhooks")
+  final, step = train([jh.StopAtStepHook(last_step=9),
+                       jh.CheckpointSaverHook(tmp_path, save_steps=1,
+                                              on_nonfinite="stop")],
+                      train_step=jax.jit(_nan_at_3))
+  assert step.step == 3 and on_disk(tmp_path) == [1, 2]
+  assert [r.getMessage() for r in caplog.records] == [
+      "Not saving the non-finite train state of step 3; the last checkpoint "
+      "(step 2) is kept."] * 2  # in after_run, and the final save in end
+
+
+def test_write_failure_surfaces(tmp_path):
+  saver = jh.CheckpointSaverHook(tmp_path / "c", save_steps=2)
+  step = jh.wrap(dict_step, hooks=[saver])
+  state = step.begin(dict_state())
+  os.rmdir(tmp_path / "c")
+  (tmp_path / "c").write_text("not a directory any more")
+  state, _, _ = step(state, jnp.ones(2))
+  with pytest.raises(jh.CheckpointError,
+                     match=f"Saving step 2 to `checkpoint_dir` '{tmp_path}/c' "
+                           "failed: (NotADirectory|FileNotFound)Error"):
+    step(state, jnp.ones(2))
+  assert saver.manager is None  # closed by on_exception
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(save_steps=2, save_secs=5), ValueError, "At most one of"),
+    (dict(save_steps=0), ValueError, "`save_steps` must be positive, got 0"),
+    (dict(max_to_keep=0), ValueError, "`max_to_keep` must be an int >= 1"),
+    (dict(on_nonfinite="skip"), ValueError, "`on_nonfinite` must be"),
+    (dict(best_mode="low"), ValueError, "`best_mode` must be 'min' or"),
+    (dict(listeners=[object()]), TypeError, r"`listeners\[0\]` must be"),
+    (dict(data_iterator=iter([])), TypeError, "`data_iterator` must have"),
+    (dict(data_state=(len,)), TypeError, "`data_state` must be a pair"),
+])
+def test_bad_arguments(tmp_path, kwargs, error, match):
+  with pytest.raises(error, match=match):
+    jh.CheckpointSaverHook(tmp_path, **kwargs)
+
+
+# -- MonitoredTrainingSession defaults --------------------------------------
+
+
+def test_default_hooks_follow_tensorflow():
+  def saver(**kw):
+    args = dict(checkpoint_dir="/tmp/x", save_checkpoint_steps=None,
+                save_checkpoint_secs=None, save_summaries_steps=None,
+                save_summaries_secs=None, log_step_count_steps=0)
+    hooks = session_lib.default_hooks(**{**args, **kw})
+    assert [type(h) for h in hooks] == [jh.CheckpointSaverHook]
+    return repr(hooks[0])
+  assert saver() == ("CheckpointSaverHook('/tmp/x', SecondOrStepTimer("
+                     "every_secs=600.0, last_step=None))")
+  assert saver(save_checkpoint_steps=50).endswith("every_steps=50, "
+                                                  "last_step=None))")
+  assert saver(save_checkpoint_secs=0).endswith("no periodic saves)")
+  with pytest.raises(ValueError, match="At most one of"):
+    saver(save_checkpoint_steps=5, save_checkpoint_secs=5)
+
+
+def test_monitored_session_restores_and_saves(tmp_path):
+  for last in (3, 5):
+    with jh.MonitoredTrainingSession(
+        dict_step, dict_state(), checkpoint_dir=str(tmp_path),
+        save_checkpoint_steps=2, log_step_count_steps=0,
+        hooks=[jh.StopAtStepHook(last_step=last)]) as sess:
+      start = sess.global_step
+      while not sess.should_stop():
+        sess.run(jnp.ones(2))
+    assert start == (0 if last == 3 else 3)
+  assert on_disk(tmp_path) == [2, 3, 4, 5]
+  np.testing.assert_allclose(sess.state["w"], [0.5, 1.5], rtol=1e-6)
