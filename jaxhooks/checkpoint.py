@@ -326,7 +326,7 @@ class CheckpointSaverHook(Hook):
       self.wait_until_finished()
       log.warning("Preemption notice (%s): saved step %d, stopping.",
                   self._notice.signal_name, step)
-      run_context.request_stop()
+      run_context.request_stop(deterministic=True)  # an agreed step
     if stop or not saved:
       run_context.request_stop()
     return None

@@ -195,6 +195,34 @@ def scenario_waiter(out):
   out.update(steps=steps, last_seen=seen[-1] if seen else None)
 
 
+def _gathered_w(state):
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(
+      state["w"], tiled=True)).tolist()
+
+
+def scenario_ckpt(out, ckpt_dir, last_step, sigterm_at=None):
+  """Trains to `last_step` with async Orbax saves every 4 steps into a
+  directory shared by both processes (restoring what is there). With
+  `sigterm_at`, process 1 gets SIGTERM after that step."""
+  import signal
+  state, train_step, batch_for = make_job()
+  trace = Trace()
+  saver = jh.CheckpointSaverHook(ckpt_dir, save_steps=4)
+  hooks = [jh.StopAtStepHook(last_step=int(last_step)), saver, trace]
+  if sigterm_at is not None and jax.process_index() == 1:
+    hooks.append(jh.LambdaHook(after_run=lambda c, v: c.step == int(
+        sigterm_at) and os.kill(os.getpid(), signal.SIGTERM) and None))
+  coord = jh.DistributedCoordinator(check_every_n_steps=5, timeout_secs=60)
+  step = jh.wrap(train_step, hooks=hooks, coord=coord)
+  state = run(step, state, batch_for)
+  out.update(steps=trace.steps, final=step.step, restored=saver.restored_step,
+             saved=saver.all_steps(), w=_gathered_w(state),
+             shard_devices=sorted(d.id for d in state["w"].sharding.device_set),
+             all_devices=sorted(d.id for d in jax.devices()),
+             reasons=list(coord.stop_reasons))
+
+
 def write(out):
   path = os.path.join(out["dir"], f"result-{out['process']}.json")
   with open(path + ".tmp", "w") as f:
@@ -209,7 +237,7 @@ def main():
                              heartbeat_timeout_seconds=10,
                              shutdown_timeout_seconds=10)
   out = {"dir": out_dir, "process": jax.process_index()}
-  globals()["scenario_" + scenario](out)
+  globals()["scenario_" + scenario](out, *sys.argv[6:])
   write(out)
   jax.distributed.shutdown()
 

@@ -21,13 +21,15 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def run_job(scenario, tmp_path, *, nproc=2, timeout=120, expect_rc=None):
+def run_job(scenario, tmp_path, *args, nproc=2, timeout=120, expect_rc=None):
   """Starts the processes, waits for all, returns their results."""
   port = _free_port()
+  for old in tmp_path.glob("result-*.json"):
+    old.unlink()
   env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
   procs = [subprocess.Popen(
       [sys.executable, str(WORKER), scenario, str(i), str(nproc), str(port),
-       str(tmp_path)], env=env, stdout=subprocess.PIPE,
+       str(tmp_path), *map(str, args)], env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
   deadline = time.monotonic() + timeout
   try:
@@ -98,3 +100,33 @@ def test_global_step_waiter_waits_for_another_process(tmp_path):
   assert r[0]["steps"] == list(range(1, 21))
   assert r[1]["steps"] == [1, 2]
   assert r[1]["last_seen"] >= 12
+
+
+def test_async_orbax_checkpoint_written_and_restored_by_both(tmp_path):
+  ckpt = tmp_path / "ckpt"
+  first = run_job("ckpt", tmp_path, ckpt, 10)
+  assert first[0]["saved"] == first[1]["saved"] == [4, 8, 10]
+  assert first[0]["restored"] is None
+  second = run_job("ckpt", tmp_path, ckpt, 14)
+  assert second[0]["restored"] == second[1]["restored"] == 10
+  assert second[0]["steps"] == second[1]["steps"] == [11, 12, 13, 14]
+  # The restored state is sharded over all 4 devices again.
+  assert len(second[0]["all_devices"]) == 4
+  assert second[0]["shard_devices"] == second[0]["all_devices"]
+  straight = run_job("ckpt", tmp_path, tmp_path / "straight", 14)
+  assert second[0]["w"] == second[1]["w"] == straight[0]["w"]
+
+
+def test_sigterm_on_one_process_saves_the_same_step_on_both(tmp_path):
+  ckpt = tmp_path / "ckpt"
+  # Process 1 alone gets SIGTERM after step 6; the next check step is 10:
+  # both save step 10, stop there and exit cleanly.
+  first = run_job("ckpt", tmp_path, ckpt, 30, 6)
+  assert first[0]["final"] == first[1]["final"] == 10
+  assert first[0]["saved"] == first[1]["saved"] == [4, 8, 10]
+  # A restart of both resumes from step 10, losing and repeating nothing.
+  second = run_job("ckpt", tmp_path, ckpt, 30)
+  assert second[0]["restored"] == second[1]["restored"] == 10
+  assert second[0]["steps"] == list(range(11, 31))
+  straight = run_job("ckpt", tmp_path, tmp_path / "straight", 30)
+  assert second[0]["w"] == second[1]["w"] == straight[0]["w"]
