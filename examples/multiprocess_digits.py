@@ -53,6 +53,7 @@ def main(argv=None):
                              process_id=args.process_id)
   logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
                       format=f"[process {jax.process_index()}] %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's chatter
 
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   replicated = NamedSharding(mesh, P())

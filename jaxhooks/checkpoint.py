@@ -27,6 +27,7 @@ of the hooks placed before it: put it after hooks whose counters it saves
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -79,6 +80,12 @@ def _check_int(name: str, value: Any, minimum: int) -> Optional[int]:
     raise ValueError(f"`{name}` must be an int >= {minimum} or None, got "
                      f"{value!r}.")
   return value
+
+
+def _absolute(path: Any) -> str:
+  """A local path made absolute (Orbax needs that); URLs stay as they are."""
+  path = os.fspath(path)
+  return path if "://" in path else os.path.abspath(path)
 
 
 class CheckpointSaverHook(Hook):
@@ -177,7 +184,7 @@ class CheckpointSaverHook(Hook):
                         f" got {listener!r}.")
     self._data = self._data_pair(data_iterator, data_state)
     check_period("save_secs", save_secs)
-    self.checkpoint_dir = str(checkpoint_dir)
+    self.checkpoint_dir = _absolute(checkpoint_dir)
     self._best_metric, self._best_mode = best_metric, best_mode
     self._save_on_start = bool(save_on_start)
     self._listeners = tuple(listeners)

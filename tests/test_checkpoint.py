@@ -12,17 +12,8 @@ import numpy as np
 import pytest
 
 import jaxhooks as jh
+from conftest import dict_state, dict_step, run_loop
 from jaxhooks import session as session_lib
-
-
-@jax.jit
-def dict_step(state, batch):
-  w = state["w"] - 0.1 * batch
-  return {"w": w, "step": state["step"] + 1}, {"loss": jnp.sum(w ** 2)}
-
-
-def dict_state(step=0, w=(1.0, 2.0)):
-  return {"w": jnp.asarray(w, jnp.float32), "step": jnp.asarray(step, jnp.int32)}
 
 
 def train(hooks, state=None, batches=None, *, train_step=dict_step):
@@ -442,3 +433,13 @@ def test_monitored_session_restores_and_saves(tmp_path):
     assert start == (0 if last == 3 else 3)
   assert on_disk(tmp_path) == [2, 3, 4, 5]
   np.testing.assert_allclose(sess.state["w"], [0.5, 1.5], rtol=1e-6)
+
+
+def test_a_relative_checkpoint_dir_is_made_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  hook = jh.CheckpointSaverHook("runs/rel", save_steps=2)
+  assert hook.checkpoint_dir == str(tmp_path / "runs" / "rel")
+  step = jh.wrap(dict_step, hooks=[jh.StopAtStepHook(last_step=4), hook])
+  run_loop(step, dict_state())
+  assert sorted(p.name for p in (tmp_path / "runs" / "rel").iterdir()) == [
+      "2", "4"]

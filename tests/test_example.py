@@ -21,7 +21,9 @@ def _load_example():
 def test_train_digits_learns_and_logs_every_n_steps(capsys, tmp_path):
   example = _load_example()
   accuracy = example.main(["--steps", "300", "--log-every", "100",
-                           "--logdir", str(tmp_path)])
+                           "--logdir", str(tmp_path),
+                           "--checkpoint-dir", str(tmp_path / "ckpt"),
+                           "--save-every", "200"])
   out = capsys.readouterr().out.splitlines()
   logged_steps = [line.split(",")[0] for line in out if line.startswith("step = ")]
   assert logged_steps == ["step = 100", "step = 200", "step = 300"]
@@ -29,6 +31,15 @@ def test_train_digits_learns_and_logs_every_n_steps(capsys, tmp_path):
   assert out[-1].startswith("trained 300 steps; test accuracy ")
   assert accuracy > 0.9
   assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+  assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["200", "300"]
+  # Run again: it resumes at step 300 and has nothing left to train.
+  again = example.main(["--steps", "300", "--logdir", str(tmp_path),
+                        "--checkpoint-dir", str(tmp_path / "ckpt")])
+  out = capsys.readouterr().out.splitlines()
+  assert out[0] == (f"Restored the checkpoint of step 300 from "
+                    f"{tmp_path / 'ckpt'}.")
+  assert not any(line.startswith("step = ") for line in out)
+  assert again == accuracy
 
 
 def test_batches_resume_from_their_saved_position():
