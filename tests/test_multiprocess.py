@@ -21,16 +21,13 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def run_job(scenario, tmp_path, *args, nproc=2, timeout=120, expect_rc=None):
-  """Starts the processes, waits for all, returns their results."""
-  port = _free_port()
-  for old in tmp_path.glob("result-*.json"):
-    old.unlink()
+def spawn(commands, *, timeout=120):
+  """Runs one command per process; returns (return codes, outputs). Kills
+  whatever is still running at the deadline."""
   env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
-  procs = [subprocess.Popen(
-      [sys.executable, str(WORKER), scenario, str(i), str(nproc), str(port),
-       str(tmp_path), *map(str, args)], env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
+  procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+           for cmd in commands]
   deadline = time.monotonic() + timeout
   try:
     outs = []
@@ -42,11 +39,19 @@ def run_job(scenario, tmp_path, *args, nproc=2, timeout=120, expect_rc=None):
       if p.poll() is None:
         p.kill()
         p.wait()
-  rcs = [p.returncode for p in procs]
-  if expect_rc is None:
-    assert rcs == [0] * nproc, "\n".join(o[-3000:] for o in outs)
-  else:
-    assert rcs == expect_rc, "\n".join(o[-3000:] for o in outs)
+  return [p.returncode for p in procs], outs
+
+
+def run_job(scenario, tmp_path, *args, nproc=2, timeout=120, expect_rc=None):
+  """Starts the worker processes, waits for all, returns their results."""
+  port = _free_port()
+  for old in tmp_path.glob("result-*.json"):
+    old.unlink()
+  rcs, outs = spawn([
+      [sys.executable, str(WORKER), scenario, str(i), str(nproc), str(port),
+       str(tmp_path), *map(str, args)] for i in range(nproc)], timeout=timeout)
+  expected = [0] * nproc if expect_rc is None else expect_rc
+  assert rcs == expected, "\n".join(o[-3000:] for o in outs)
   results = {}
   for i in range(nproc):
     path = tmp_path / f"result-{i}.json"
@@ -130,3 +135,23 @@ def test_sigterm_on_one_process_saves_the_same_step_on_both(tmp_path):
   assert second[0]["steps"] == list(range(11, 31))
   straight = run_job("ckpt", tmp_path, tmp_path / "straight", 30)
   assert second[0]["w"] == second[1]["w"] == straight[0]["w"]
+
+
+def test_multiprocess_digits_example_trains_and_resumes(tmp_path):
+  example = pathlib.Path(__file__).parents[1] / "examples" / "multiprocess_digits.py"
+  def job(steps):
+    port = _free_port()
+    rcs, outs = spawn([
+        [sys.executable, str(example), "--process-id", str(i),
+         "--num-processes", "2", "--port", str(port), "--steps", str(steps),
+         "--save-every", "40", "--checkpoint-dir", str(tmp_path / "ckpt")]
+        for i in range(2)], timeout=150)
+    assert rcs == [0, 0], "\n".join(o[-3000:] for o in outs)
+    return outs
+  outs = job(80)
+  assert "trained to step 80; test accuracy" in outs[0]
+  assert "[process 1]" not in outs[1]  # logs are written by process 0 only
+  assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["40", "80"]
+  outs = job(120)
+  assert "Restored the checkpoint of step 80" in outs[0]
+  assert "trained to step 120" in outs[0]
