@@ -22,19 +22,6 @@ def hook(**kwargs):
                               every_n_iter=2, **kwargs)
 
 
-class Restorer(jh.SessionRunHook):
-  """Restores a saved train state and hook states, as a checkpoint does."""
-
-  def __init__(self, saved_state, hook_states):
-    self.saved_state, self.hook_states = saved_state, hook_states
-
-  def restore(self, state, hooks):
-    for h, sd in zip(hooks, self.hook_states):
-      if sd is not None:
-        h.load_state_dict(sd)
-    return self.saved_state
-
-
 def test_stops_at_the_exact_step(monkeypatch):
   spy = FetchSpy(monkeypatch)
   es = hook()
@@ -46,18 +33,18 @@ def test_stops_at_the_exact_step(monkeypatch):
   assert spy.calls == 8  # the checks only
 
 
-def test_patience_resumes_after_a_restore():
+def test_patience_resumes_after_a_restore_from_an_orbax_checkpoint(tmp_path):
   train_step = scripted_step(LOSSES)
   first = hook()
-  stop_hook = jh.StopAtStepHook(last_step=13)
-  step = run(train_step, [stop_hook, first])
+  step = run(train_step, [jh.StopAtStepHook(last_step=13), first,
+                          jh.CheckpointSaverHook(tmp_path, save_steps=100)])
   assert (step.step, first.wait, first.stopped_step) == (13, 1, None)
-  # What a checkpoint keeps, as arrays.
-  saved = [jax.tree_util.tree_map(np.asarray, h.state_dict())
-           if h.state_dict() is not None else None for h in step.hooks]
+  # The restart restores step 13 and the hook's counters from the
+  # checkpoint, and stops where an uninterrupted run does.
   resumed = hook()
-  step = run(train_step, [jh.StopAtStepHook(last_step=20), resumed,
-                          Restorer(state_at(13), [None] + saved[1:])])
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=100)
+  step = run(train_step, [jh.StopAtStepHook(last_step=20), resumed, saver])
+  assert saver.restored_step == 13
   assert (step.step, resumed.stopped_step) == (16, 16)
   assert (resumed.best, resumed.best_step, resumed.wait) == (7.0, 10, 3)
   # Without the restored counters the run goes on to step 20.
