@@ -22,9 +22,9 @@ from jaxhooks.errors import (CheckpointError, CheckpointMismatchError,
                              CoordinationTimeoutError, LifecycleError,
                              NanLossDuringTrainingError, NonFiniteStateError,
                              StepMismatchError)
-from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
-                           Session, SessionRunArgs, SessionRunContext,
-                           SessionRunHook, SessionRunValues)
+from jaxhooks.hook import (GLOBAL_STEP, NEVER, DeviceMonitor, Hook, RunArgs,
+                           RunContext, RunValues, Session, SessionRunArgs,
+                           SessionRunContext, SessionRunHook, SessionRunValues)
 from jaxhooks.log_hooks import LoggingTensorHook, StepCounterHook
 from jaxhooks.nan_hook import NanTensorHook
 from jaxhooks.preemption import PreemptionNotice
@@ -49,6 +49,7 @@ __all__ = [
     "Coordinator",
     "CsvWriter",
     "default_writer",
+    "DeviceMonitor",
     "DistributedCoordinator",
     "EarlyStoppingHook",
     "FeedFnHook",
@@ -66,6 +67,7 @@ __all__ = [
     "MultiWriter",
     "NanLossDuringTrainingError",
     "NanTensorHook",
+    "NEVER",
     "NonFiniteStateError",
     "PreemptionNotice",
     "ProfilerHook",

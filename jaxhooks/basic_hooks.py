@@ -6,7 +6,7 @@ import inspect
 from typing import Any, Callable, Optional
 
 from jaxhooks import fetch
-from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues, Session
+from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
 
 __all__ = ["FinalOpsHook", "FeedFnHook", "LambdaHook"]
 
@@ -57,6 +57,9 @@ class FinalOpsHook(Hook):
     """Host values of ``final_ops`` after ``end``."""
     return self._values
 
+  def next_step_of_interest(self, step: int):
+    return NEVER
+
   def end(self, session: Session) -> None:
     def call(op):
       if _takes_two(op):
@@ -96,6 +99,9 @@ class FeedFnHook(Hook):
     if not callable(feed_fn):
       raise ValueError(f"`feed_fn` must be callable, got {feed_fn!r}.")
     self._feed_fn = feed_fn
+
+  def next_step_of_interest(self, step: int):
+    return None   # every call takes a feed; calls are not cut for it
 
   def before_run(self, run_context: RunContext) -> RunArgs:
     return RunArgs(feed_dict=self._feed_fn())
@@ -139,6 +145,11 @@ class LambdaHook(Hook):
   def after_create_session(self, session: Session, coord: Any) -> None:
     if self._fns["after_create_session"]:
       self._fns["after_create_session"](session, coord)
+
+  def next_step_of_interest(self, step: int):
+    if self._fns["before_run"] or self._fns["after_run"]:
+      return step + 1
+    return NEVER
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     if self._fns["before_run"]:

@@ -35,7 +35,7 @@ import jax
 
 from jaxhooks import checkpoint_io as cio
 from jaxhooks.errors import CheckpointError, NonFiniteStateError
-from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues, Session
+from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
 from jaxhooks.preemption import PreemptionNotice, preemption_reached
 from jaxhooks.timer import Clock, SecondOrStepTimer, check_period
 
@@ -291,6 +291,7 @@ class CheckpointSaverHook(Hook):
 
   def after_create_session(self, session: Session, coord: Any) -> None:
     self._coord = coord
+    self._notice.on_notify = coord.wake   # a notice ends the fast path
     if self._timer is not None:
       self._timer.update_last_triggered_step(session.step)
     if self._save_on_start and session.step != self.last_saved_step:
@@ -299,6 +300,13 @@ class CheckpointSaverHook(Hook):
   def _capture(self, state: Any, outputs: Any) -> Any:
     self._captured = state
     return cio.all_finite(state)
+
+  def next_step_of_interest(self, step: int):
+    if self._save_on_preemption and self._notice.received:
+      return step + 1
+    if self._timer is None:
+      return NEVER
+    return self._timer.next_trigger_step(step)
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     step = run_context.step

@@ -51,6 +51,16 @@ class Coordinator:
   #: agree on host-local decisions; ``None`` in a single process.
   check_every_n_steps: Optional[int] = None
 
+  #: Set by :meth:`wake`; the runner then calls every hook on its next call
+  #: and clears it.
+  awake: bool = False
+
+  def wake(self) -> None:
+    """Makes the next call run every hook, even one that ends before any
+    hook's ``next_step_of_interest``: for host-local events a hook must see
+    promptly (a preemption notice). Safe to call from a signal handler."""
+    self.awake = True
+
   def request_stop(self, reason: str = "stop requested", *,
                    deterministic: bool = False) -> None:
     """Asks the loop to stop after the current step.
@@ -81,13 +91,15 @@ class Coordinator:
                             notified: bool) -> Optional[int]:
     """The step at which every process saves and stops after a preemption.
 
-    Called by ``CheckpointSaverHook`` before each step call with the step
-    that call completes and whether this process received a preemption
-    notice (SIGTERM). In one process the agreed step is that step as soon as
-    the notice is there. A multi-process coordinator overrides this to agree
-    on one step for all processes (without a collective at every step, e.g.
-    through JAX's preemption sync manager) and returns the same value on
-    every process.
+    Called by ``CheckpointSaverHook`` before each call that runs hooks, with
+    the step that call completes and whether this process received a
+    preemption notice (SIGTERM). In one process the agreed step is that step
+    as soon as the notice is there (the notice calls :meth:`wake`, so the
+    next call runs the hooks). A multi-process coordinator overrides this
+    to agree on one step for all processes (without a collective at every
+    step) and returns the same value on every process; the agreed step must
+    be a check step (a multiple of ``check_every_n_steps``), where the
+    runner always runs every hook.
 
     Args:
       step: the global step the coming call completes.

@@ -144,6 +144,9 @@ class EarlyStoppingHook(Hook):
   def begin(self) -> None:
     self._reset()
 
+  def next_step_of_interest(self, step: int):
+    return self._timer.next_trigger_step(step)
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     self._trigger = self._timer.should_trigger_for_step(run_context.step)
     return RunArgs(fetches=self._fetch) if self._trigger else None

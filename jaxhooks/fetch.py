@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxhooks.hook import GLOBAL_STEP
 
-__all__ = ["default_step_fn", "resolve_fetches", "read_step"]
+__all__ = ["default_step_fn", "resolve_fetches", "device_fetches", "read_step"]
 
 
 def _is_fetch_leaf(x: Any) -> bool:
@@ -60,21 +60,37 @@ def read_step(step_fn: Callable[[Any], Any], state: Any, *,
   return step
 
 
+def output(outputs: Any, name: str) -> Any:
+  """``outputs[name]``, or an error that says what the step returned.
+
+  Example:
+    >>> output({"loss": 0.5}, "loss")
+    0.5
+    >>> output({"loss": 0.5}, "acc")
+    Traceback (most recent call last):
+    ...
+    ValueError: A hook fetches the output 'acc', which the step does not return; `outputs` has keys ['loss'].
+  """
+  if not isinstance(outputs, Mapping):
+    kind = ("an array" if hasattr(outputs, "shape")
+            else f"a {type(outputs).__name__}")
+    raise TypeError(
+        f"A hook fetches the output {name!r}, but the step's `outputs` is "
+        f"{kind}, not a dict of named outputs.")
+  try:
+    return outputs[name]
+  except KeyError:
+    raise ValueError(
+        f"A hook fetches the output {name!r}, which the step does not "
+        f"return; `outputs` has keys {sorted(map(str, outputs))}.") from None
+
+
 def _resolve_leaf(leaf: Any, state: Any, outputs: Any,
                   step_fn: Callable[[Any], Any]) -> Any:
   if leaf is GLOBAL_STEP:
     return step_fn(state)
   if isinstance(leaf, str):
-    if not isinstance(outputs, Mapping):
-      raise TypeError(
-          f"A hook fetches the output {leaf!r}, but the step's `outputs` is "
-          f"a {type(outputs).__name__}, not a dict of named outputs.")
-    try:
-      return outputs[leaf]
-    except KeyError:
-      raise ValueError(
-          f"A hook fetches the output {leaf!r}, which the step does not "
-          f"return; `outputs` has keys {sorted(map(str, outputs))}.") from None
+    return output(outputs, leaf)
   return leaf(state, outputs)
 
 
@@ -92,12 +108,18 @@ def resolve_fetches(fetches: Sequence[Any], state: Any, outputs: Any,
     ...                 {"loss": jnp.array(0.5)}, default_step_fn)
     [None, {'l': array(0.5, dtype=float32), 's': array(3, dtype=int32)}]
   """
-  device = [
+  return jax.device_get(device_fetches(fetches, state, outputs, step_fn))
+
+
+def device_fetches(fetches: Sequence[Any], state: Any, outputs: Any,
+                   step_fn: Callable[[Any], Any]) -> List[Any]:
+  """Like :func:`resolve_fetches`, with device arrays at the leaves (no
+  read): what a lagged delivery reads later."""
+  return [
       None if f is None else jax.tree_util.tree_map(
           lambda x: _resolve_leaf(x, state, outputs, step_fn), f,
           is_leaf=_is_fetch_leaf) for f in fetches
   ]
-  return jax.device_get(device)
 
 
 def wants_step(fetches: Any) -> bool:

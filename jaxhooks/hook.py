@@ -21,7 +21,21 @@ and calls ``on_exception`` instead, so that nothing is lost.
 
 Steps are global steps: ``run_context.step`` is the number of completed
 updates the state will hold once this call finishes, so a hook that acts
-"every 100 steps" acts when ``run_context.step % 100 == 0``.
+"every 100 steps" acts when ``run_context.step % 100 == 0``. A call may run
+several steps (``wrap(..., steps_per_call=K)``): then ``run_context.step -
+run_context.start_step`` steps ran in it.
+
+Three optional methods make a hooked loop cost nearly nothing per step:
+
+- ``next_step_of_interest(step)``: the next global step the hook acts on.
+  The runner ends a call exactly there and does not call any hook on calls
+  that end before the earliest such step of all hooks. The default,
+  ``step + 1``, keeps TensorFlow's rule: the hook sees every step.
+- ``device_monitors()``: values the runner keeps on the device, updated
+  inside the step's own program, and hands to the hook whenever it reads
+  the device anyway (``NanTensorHook``'s first non-finite step).
+- ``accepts_lagged_fetches``: with ``wrap(..., lag_fetches=True)`` the
+  values of step N reach ``after_run`` while step N + 1 runs.
 
 The TensorFlow names ``SessionRunHook``, ``SessionRunArgs``,
 ``SessionRunContext`` and ``SessionRunValues`` are aliases of the classes
@@ -30,10 +44,13 @@ here, so a TF1 hook ports by changing its imports.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+import math
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 __all__ = [
     "Hook",
+    "DeviceMonitor",
+    "NEVER",
     "RunArgs",
     "RunContext",
     "RunValues",
@@ -60,6 +77,42 @@ class _GlobalStep:
 
 GLOBAL_STEP = _GlobalStep()
 """Put this in ``RunArgs.fetches`` to read the step counter on the device."""
+
+NEVER = math.inf
+"""``next_step_of_interest`` returns this when the hook acts on no later
+step (it is still called on calls that other hooks need)."""
+
+
+class DeviceMonitor(NamedTuple):
+  """A value the runner keeps on the device for a hook.
+
+  The runner updates it after every step inside the step's program (so a
+  fused call updates it once per inner step) and reads it only where it
+  reads the device anyway: on a step where some hook fetches something, and
+  in ``end``.
+
+  Attributes:
+    init: returns the first value (a pytree of arrays).
+    update: ``update(value, step, state, outputs) -> value``, traced inside
+      the step's program; ``step`` is the device step after the update.
+    on_read: ``on_read(host_value, step)``, called on the host with the
+      value read at global step ``step``, before any ``after_run`` of that
+      step; may raise, or return ``True`` to request stop.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxhooks as jh
+    >>> peak = jh.DeviceMonitor(
+    ...     init=lambda: jnp.float32(0),
+    ...     update=lambda v, step, state, out: jnp.maximum(v, out["loss"]),
+    ...     on_read=lambda v, step: print(f"peak loss {float(v)} by step {step}"))
+    >>> peak.on_read(peak.update(peak.init(), 1, None, {"loss": 2.5}), 1)
+    peak loss 2.5 by step 1
+  """
+
+  init: Callable[[], Any]
+  update: Callable[[Any, Any, Any, Any], Any]
+  on_read: Callable[[Any, int], Optional[bool]]
 
 
 class Session(NamedTuple):
@@ -240,6 +293,29 @@ class Hook:
   #: Hooks that only write for people to read (logs, summaries, progress)
   #: set this to True; in a multi-process job they run on process 0 only.
   primary_only: bool = False
+
+  #: True when the hook can take the values it fetched at step N in an
+  #: ``after_run`` that comes after the ``before_run`` of the next call
+  #: (``wrap(..., lag_fetches=True)``): it keys its work on
+  #: ``run_values.step`` and ``run_values.results``, not on state set in
+  #: ``before_run``, and does not need to stop at an exact step.
+  accepts_lagged_fetches: bool = False
+
+  def next_step_of_interest(self, step: int) -> Union[int, float, None]:
+    """The first global step after ``step`` this hook acts on.
+
+    The runner ends a call exactly at the earliest such step of all hooks
+    (a fused call is cut there) and calls no hook at all on calls that end
+    before it. Return :data:`NEVER` when the hook acts on no later step, or
+    ``None`` when it cannot know in advance (a time trigger): it is then
+    called on every call, and fused calls are not cut for it. The default,
+    ``step + 1``, is TensorFlow's rule: the hook sees every step.
+    """
+    return step + 1
+
+  def device_monitors(self) -> tuple:
+    """:class:`DeviceMonitor` values the runner keeps for this hook."""
+    return ()
 
   def begin(self) -> None:
     """Called once before the session is created (before restore)."""

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 
 from jaxhooks import fetch
-from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
+from jaxhooks.hook import (GLOBAL_STEP, NEVER, Hook, RunArgs, RunContext, RunValues,
                            Session)
 from jaxhooks.timer import Clock, SecondOrStepTimer
 
@@ -79,6 +79,7 @@ class LoggingTensorHook(Hook):
   """
 
   primary_only = True
+  accepts_lagged_fetches = True
 
   def __init__(self, tensors: Any, every_n_iter: Optional[int] = None,
                every_n_secs: Optional[float] = None, at_end: bool = False,
@@ -94,7 +95,6 @@ class LoggingTensorHook(Hook):
       raise ValueError(f"`formatter` must be callable, got {formatter!r}.")
     self._at_end = bool(at_end)
     self._formatter = formatter
-    self._trigger = False
 
   @property
   def timer(self) -> Optional[SecondOrStepTimer]:
@@ -110,14 +110,17 @@ class LoggingTensorHook(Hook):
       line += f" ({elapsed:.3f} sec)"
     log.info("%s", line)
 
+  def next_step_of_interest(self, step: int):
+    return NEVER if self._timer is None else self._timer.next_trigger_step(step)
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
-    self._trigger = (self._timer is not None and
-                     self._timer.should_trigger_for_step(run_context.step))
-    return RunArgs(fetches=self._tensors) if self._trigger else None
+    if self._timer is not None and self._timer.claim(run_context.step):
+      return RunArgs(fetches=self._tensors)
+    return None
 
   def after_run(self, run_context: RunContext, run_values: RunValues) -> None:
-    if self._trigger:
-      elapsed, _ = self._timer.update_last_triggered_step(run_context.step)
+    if run_values.results is not None:
+      elapsed, _ = self._timer.update_last_triggered_step(run_values.step)
       self._log(run_values.results, elapsed)
 
   def end(self, session: Session) -> None:
@@ -155,6 +158,7 @@ class StepCounterHook(Hook):
   """
 
   primary_only = True
+  accepts_lagged_fetches = True
 
   def __init__(self, every_n_steps: Optional[int] = 100,
                every_n_secs: Optional[float] = None, output_dir=None,
@@ -167,23 +171,30 @@ class StepCounterHook(Hook):
                                     names=("every_n_secs", "every_n_steps"))
     self._output_dir = output_dir
     self._writer = writer if writer is not None else summary_writer
-    self._trigger = False
+    self._started = False
     self.last_rate: Optional[float] = None
 
   @property
   def timer(self) -> SecondOrStepTimer:
     return self._timer
 
+  def next_step_of_interest(self, step: int):
+    if self._timer.last_triggered_step() is None:
+      return step + 1
+    return self._timer.next_trigger_step(step)
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     timer = self._timer
-    self._trigger = (timer.last_triggered_step() is None
-                     or timer.should_trigger_for_step(run_context.step))
-    return RunArgs(fetches=GLOBAL_STEP) if self._trigger else None
+    if (timer.last_triggered_step() is None and not self._started
+        or timer.claim(run_context.step)):
+      self._started = True
+      return RunArgs(fetches=GLOBAL_STEP)
+    return None
 
   def after_run(self, run_context: RunContext, run_values: RunValues) -> None:
-    if not self._trigger:
+    if run_values.results is None:
       return
-    secs, steps = self._timer.update_last_triggered_step(run_context.step)
+    secs, steps = self._timer.update_last_triggered_step(run_values.step)
     if secs is None or steps is None or secs <= 0 or steps <= 0:
       return
     rate = steps / secs
@@ -191,6 +202,9 @@ class StepCounterHook(Hook):
     log.info("global_step/sec: %g", rate)
     if self._writer is not None:
       self._writer.write_scalars(run_context.step, {"global_step/sec": rate})
+
+  def after_create_session(self, session: Session, coord: Any) -> None:
+    self._started = False
 
   def end(self, session: Session) -> None:
     flush = getattr(self._writer, "flush", None)

@@ -1,14 +1,29 @@
-"""``NanTensorHook``: stop, or fail, when the loss is not finite."""
+"""``NanTensorHook``: stop, or fail, when the loss is not finite.
+
+The check costs no host-device sync of its own. The hook keeps a sentinel on
+the device (a :class:`~jaxhooks.DeviceMonitor`) that the step's own program
+updates after every step::
+
+  first_bad = step      if first_bad < 0 and loss is NaN or inf
+  value     = the loss at that step
+
+The runner reads the sentinel whenever it reads the device anyway (a step
+on which some hook fetches something, and ``end``), so the error names the
+exact first bad step even when it is noticed later; ``every_n_iter`` bounds
+how late.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Any, Optional, Tuple
 
-import numpy as np
+import jax.numpy as jnp
 
+from jaxhooks import fetch
 from jaxhooks.errors import NanLossDuringTrainingError
-from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues
+from jaxhooks.hook import (GLOBAL_STEP, NEVER, DeviceMonitor, Hook, RunArgs,
+                           RunContext, RunValues)
 from jaxhooks.timer import SecondOrStepTimer
 
 __all__ = ["NanTensorHook"]
@@ -23,8 +38,14 @@ class NanTensorHook(Hook):
     loss_name: the name of the loss in the step's outputs.
     fail_on_nan_loss: raise ``NanLossDuringTrainingError`` (the default), or
       log a warning and request stop.
-    every_n_iter: check on global steps that are multiples of this; 1 reads
-      the loss after every step.
+    every_n_iter: also read the device on global steps that are multiples
+      of this, so a bad loss is noticed at most this many steps late;
+      ``None`` (the default) adds no read: the sentinel is read with the
+      other hooks' fetches and in ``end``. 1 reads after every step.
+
+  The error always names the first step whose loss was not finite, and no
+  ``after_run`` of the step on which it is noticed runs (so no checkpoint of
+  that step is written).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -32,9 +53,9 @@ class NanTensorHook(Hook):
     >>> step = jh.wrap(
     ...     jax.jit(lambda s, b: ({"step": s["step"] + 1},
     ...                           {"loss": jnp.log(2.0 - s["step"])})),
-    ...     hooks=[jh.NanTensorHook("loss")])
+    ...     hooks=[jh.NanTensorHook("loss", every_n_iter=5)])
     >>> state = step.begin({"step": jnp.array(0)})
-    >>> for _ in range(4):
+    >>> for _ in range(5):
     ...   state, _, _ = step(state)
     Traceback (most recent call last):
     ...
@@ -42,35 +63,66 @@ class NanTensorHook(Hook):
   """
 
   def __init__(self, loss_name: str = "loss", fail_on_nan_loss: bool = True,
-               *, every_n_iter: int = 1):
+               *, every_n_iter: Optional[int] = None):
     if not isinstance(loss_name, str) or not loss_name:
       raise ValueError(
           f"`loss_name` must be the name of an output, got {loss_name!r}.")
     self._loss_name = loss_name
     self._fail = bool(fail_on_nan_loss)
-    self._timer = SecondOrStepTimer(every_steps=every_n_iter,
-                                    names=("every_n_secs", "every_n_iter"))
-    self._trigger = False
+    self._timer = None
+    if every_n_iter is not None:
+      self._timer = SecondOrStepTimer(every_steps=every_n_iter,
+                                      names=("every_n_secs", "every_n_iter"))
+    self._reported = False
 
   @property
   def loss_name(self) -> str:
     return self._loss_name
 
+  def begin(self) -> None:
+    self._reported = False
+
+  def device_monitors(self) -> Tuple[DeviceMonitor, ...]:
+    return (DeviceMonitor(init=_init, update=self._update,
+                          on_read=self._on_read),)
+
+  def next_step_of_interest(self, step: int):
+    return NEVER if self._timer is None else self._timer.next_trigger_step(step)
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
-    self._trigger = self._timer.should_trigger_for_step(run_context.step)
-    return RunArgs(fetches=self._loss_name) if self._trigger else None
+    if self._timer is not None and self._timer.should_trigger_for_step(
+        run_context.step):
+      return RunArgs(fetches=GLOBAL_STEP)   # a read; the sentinel rides along
+    return None
 
   def after_run(self, run_context: RunContext, run_values: RunValues) -> None:
-    if not self._trigger:
-      return
-    self._timer.update_last_triggered_step(run_context.step)
-    loss = run_values.results
-    if np.all(np.isfinite(loss)):
-      return
-    value = loss.item() if np.ndim(loss) == 0 else loss
+    if run_values.results is not None:
+      self._timer.update_last_triggered_step(run_context.step)
+
+  def _update(self, sentinel: Any, step: Any, state: Any,
+              outputs: Any) -> Any:
+    del state
+    first, value = sentinel
+    loss = jnp.asarray(fetch.output(outputs, self._loss_name))
+    finite = jnp.isfinite(loss)
+    new = (first < 0) & ~jnp.all(finite)
+    # A NaN anywhere shows as NaN; else the infinite entry (+inf or -inf).
+    bad = jnp.sum(jnp.where(finite, 0, loss)).astype(jnp.float32)
+    return (jnp.where(new, jnp.asarray(step, jnp.int32), first),
+            jnp.where(new, bad, value))
+
+  def _on_read(self, sentinel: Any, step: int) -> Optional[bool]:
+    first, value = (int(sentinel[0]), float(sentinel[1]))
+    if first < 0 or self._reported:
+      return None
+    self._reported = True
     if self._fail:
-      raise NanLossDuringTrainingError(run_context.step, value,
-                                       self._loss_name)
-    log.warning("Model diverged with loss = %s at step %d; stopping.",
-                value, run_context.step)
-    run_context.request_stop()
+      raise NanLossDuringTrainingError(first, value, self._loss_name)
+    late = "" if step == first else f" (noticed at step {step})"
+    log.warning("Model diverged with loss = %s at step %d%s; stopping.",
+                value, first, late)
+    return True
+
+
+def _init() -> Tuple[Any, Any]:
+  return jnp.int32(-1), jnp.float32(0)

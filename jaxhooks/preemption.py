@@ -46,6 +46,8 @@ class PreemptionNotice:
     self._previous: Dict[int, Any] = {}
     self._event = threading.Event()
     self.signal_name = None
+    #: Called after a notice is recorded (the coordinator's ``wake``).
+    self.on_notify = None
 
   @property
   def received(self) -> bool:
@@ -61,6 +63,8 @@ class PreemptionNotice:
     self.signal_name = ("notify()" if signum is None
                         else signal.Signals(signum).name)
     self._event.set()
+    if self.on_notify is not None:
+      self.on_notify()
 
   def clear(self) -> None:
     self._event.clear()

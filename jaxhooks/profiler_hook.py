@@ -7,7 +7,7 @@ from typing import Any, List, Optional, Tuple
 
 import jax
 
-from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
+from jaxhooks.hook import (GLOBAL_STEP, NEVER, Hook, RunArgs, RunContext, RunValues,
                            Session)
 from jaxhooks.timer import Clock, SecondOrStepTimer
 
@@ -116,6 +116,13 @@ class ProfilerHook(Hook):
       self._timer.update_last_triggered_step(step)
       return True
     return False
+
+  def next_step_of_interest(self, step: int):
+    if self._window is not None:
+      return step + 1   # every traced step is annotated
+    if self._timer is None:
+      return self._start_step if step < self._start_step else NEVER
+    return self._timer.next_trigger_step(step)
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     step = run_context.step

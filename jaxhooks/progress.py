@@ -183,6 +183,11 @@ class ProgressBarHook(Hook):
                              desc=self._desc, unit="step", file=self._stream,
                              dynamic_ncols=True)
 
+  def next_step_of_interest(self, step: int):
+    if self._bar is not None or not self._started:
+      return None   # the bar counts every call
+    return self._timer.next_trigger_step(step)
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     if not self._started:
       self._open()

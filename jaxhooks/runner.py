@@ -1,14 +1,25 @@
 """``wrap``: a jitted train step with hooks around it.
 
 The runner keeps the global step on the host: it reads the device step once
-after restore, adds one per call, and checks the host count against the
-device value whenever values are fetched anyway and at ``end``. A step on
-which no hook asks for anything dispatches the train step and returns
-without waiting for the device.
+after restore, adds the steps of each call, and checks the host count
+against the device value whenever values are fetched anyway and at ``end``.
+A step on which no hook asks for anything dispatches the train step and
+returns without waiting for the device.
+
+Per call::
+
+  n = min(steps_per_call, earliest next_step_of_interest - step)
+  if the call ends before that step (and no hook wants every call):
+    dispatch n steps; count them; return          # no hook is called
+  else:
+    every before_run; dispatch; one device_get of every fetch, the device
+    step, the device monitors and last call's lagged fetches; monitors'
+    on_read; lagged after_run of the last call; every after_run
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
@@ -19,6 +30,7 @@ from jaxhooks.coord import Coordinator
 from jaxhooks.distributed import default_coordinator
 from jaxhooks.errors import LifecycleError, StepMismatchError
 from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues, Session
+from jaxhooks.program import StepProgram, check_step_result, donates_state
 
 __all__ = ["wrap", "HookedStep"]
 
@@ -81,14 +93,29 @@ class HookedStep:
   def __init__(self, train_step: Callable[[Any, Any], Tuple[Any, Any]],
                hooks: Iterable[Hook] = (), *,
                step_fn: Optional[Callable[[Any], Any]] = None,
-               coord: Optional[Coordinator] = None):
+               coord: Optional[Coordinator] = None,
+               steps_per_call: int = 1,
+               batch_fn: Optional[Callable[[Any, Any], Any]] = None,
+               lag_fetches: bool = False,
+               donate_state: Optional[bool] = None):
     if not callable(train_step):
       raise TypeError(f"`train_step` must be callable, got {train_step!r}.")
     if step_fn is not None and not callable(step_fn):
       raise TypeError(f"`step_fn` must be callable, got {step_fn!r}.")
+    if batch_fn is not None and not callable(batch_fn):
+      raise TypeError(f"`batch_fn` must be callable, got {batch_fn!r}.")
+    if (isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int)
+        or steps_per_call < 1):
+      raise ValueError(
+          f"`steps_per_call` must be an int >= 1, got {steps_per_call!r}.")
     self._train_step = train_step
     self._custom_step_fn = step_fn is not None
     self._step_fn = step_fn or fetch.default_step_fn
+    self._steps_per_call = steps_per_call
+    self._batch_fn = batch_fn
+    self._lag = bool(lag_fetches)
+    self._donate = (donates_state(train_step) if donate_state is None
+                    else bool(donate_state))
     self.coord = coord or default_coordinator()
     # Hooks that only write for people (logs, summaries) run on process 0.
     self.hooks = tuple(h for h in _check_hooks(hooks)
@@ -99,6 +126,12 @@ class HookedStep:
     self._outputs = None
     self._checked_outputs = False
     self._check_every = None
+    self._program: Optional[StepProgram] = None
+    self._readers: Tuple[Callable, ...] = ()
+    self._values: tuple = ()
+    self._horizon: Any = 0        # no hook is called on calls ending before
+    self._every_call = True       # some hook wants every call
+    self._lagged = None           # (ctx, [(hook index, device values)])
 
   # -- lifecycle ------------------------------------------------------------
 
@@ -115,6 +148,15 @@ class HookedStep:
   @property
   def should_stop(self) -> bool:
     return self._phase != _RUNNING or self.coord.should_stop()
+
+  @property
+  def steps_per_call(self) -> int:
+    return self._steps_per_call
+
+  @property
+  def steps_next_call(self) -> int:
+    """How many steps the next call runs (its stacked batch's rows)."""
+    return self._chunk(self._step)
 
   def session(self) -> Session:
     """An immutable view of the session now."""
@@ -143,13 +185,28 @@ class HookedStep:
     self._phase = _RUNNING
     self.coord.bind(self.hooks)
     self._check_every = self.coord.check_every_n_steps
+    self._build_program()
     session = self.session()
     for hook in self.hooks:
       hook.after_create_session(session, self.coord)
+    self._plan(self._step)
+    self._every_call = True  # the first call runs every hook
     return state
 
+  def _build_program(self) -> None:
+    monitors = [(m, hook) for hook in self.hooks
+                for m in hook.device_monitors()]
+    self._readers = tuple(m.on_read for m, _ in monitors)
+    if monitors or self._steps_per_call > 1 or self._batch_fn is not None:
+      self._program = StepProgram(
+          self._train_step, step_fn=self._step_fn,
+          monitors=[m for m, _ in monitors],
+          steps_per_call=self._steps_per_call, batch_fn=self._batch_fn,
+          donate_state=self._donate)
+      self._values = self._program.init_monitors()
+
   def __call__(self, state: Any, batch: Any = None) -> Tuple[Any, Any, bool]:
-    """Runs one step with hooks.
+    """Runs one call (one step, or up to ``steps_per_call``) with hooks.
 
     Returns:
       ``(state, outputs, stop)``. When the data ends (``StopIteration`` from
@@ -158,13 +215,22 @@ class HookedStep:
     """
     if self._phase != _RUNNING:
       raise LifecycleError(self._misuse("called"))
-    if self.coord.should_stop():
+    coord = self.coord
+    if coord.should_stop():
       self._phase = _STOPPED
       raise LifecycleError(self._misuse("called"))
     self._state = state
     start, outputs = self._step, self._outputs
     try:
-      return self._run(state, batch)
+      n = self._chunk(start)
+      if (start + n < self._horizon and not self._every_call
+          and not coord.awake):
+        # No hook acts on this call: dispatch and count, nothing else.
+        new_state, new_outputs = self._dispatch(state, batch, n)
+        self._step = start + n
+        self._state, self._outputs = new_state, new_outputs
+        return new_state, new_outputs, False
+      return self._run(state, batch, n)
     except StopIteration:
       self._phase = _STOPPED
       self._state, self._step, self._outputs = state, start, outputs
@@ -175,11 +241,26 @@ class HookedStep:
       self.abort(exc)
       raise
 
-  def _run(self, state: Any, batch: Any) -> Tuple[Any, Any, bool]:
+  def _chunk(self, start: int) -> int:
+    k = self._steps_per_call
+    if k == 1 or self._horizon == math.inf:
+      return k
+    return max(1, min(k, self._horizon - start))
+
+  def _dispatch(self, state: Any, batch: Any, n: int) -> Tuple[Any, Any]:
+    if self._program is None:
+      return self._train_step(state, batch)
+    batch = self._program.check_batch(batch, n)
+    new_state, outputs, self._values = self._program(
+        state, batch, self._values, n)
+    return new_state, outputs
+
+  def _run(self, state: Any, batch: Any, n: int) -> Tuple[Any, Any, bool]:
     start = self._step
-    step = start + 1
+    step = start + n
     coord = self.coord
-    if self._check_every and step % self._check_every == 0:
+    check = self._check_every
+    if check and step % check == 0:
       coord.check(step)
     ctx = RunContext(RunArgs(), self.session(), step, start)
     hooks = self.hooks
@@ -188,42 +269,120 @@ class HookedStep:
              if r is not None and r.feed_dict is not None]
     if feeds:
       batch = _merge_feeds(batch, feeds)
-    result = self._train_step(state, batch)
+    result = self._dispatch(state, batch, n)
     if not self._checked_outputs:
-      self._check_result(result)
+      check_step_result(result)
+      self._checked_outputs = True
     new_state, outputs = result
     fetches = [None if r is None else r.fetches for r in requests]
+    lag = []
+    if self._lag:
+      lag = [i for i, f in enumerate(fetches)
+             if f is not None and hooks[i].accepts_lagged_fetches]
+      for i in lag:
+        fetches[i] = None
     results = fetches
-    if any(f is not None for f in fetches):
-      *results, device_step = fetch.resolve_fetches(
-          fetches + [fetch.GLOBAL_STEP], new_state, outputs, self._step_fn)
-      self._check_step(device_step, step)
+    previous, self._lagged = self._lagged, None
+    if previous is not None or any(f is not None for f in fetches):
+      results = self._read(fetches, new_state, outputs, step, previous)
+    if lag:
+      device = fetch.device_fetches([requests[i].fetches for i in lag],
+                                    new_state, outputs, self._step_fn)
+      self._lagged = (ctx, list(zip(lag, device)))
     self._step = step
     self._state = new_state
     self._outputs = outputs
-    for hook, res in zip(hooks, results):
+    for i, (hook, res) in enumerate(zip(hooks, results)):
+      if i in lag:
+        continue
       if hook.after_run(ctx, RunValues(results=res, step=step)) is True:
         ctx.request_stop()
     if ctx.stop_requested:
       coord.request_stop(f"a hook requested stop at step {step}",
                          deterministic=not ctx.local_stop_requested)
+    if coord.should_stop() and self._lagged is not None:
+      self._deliver_lagged()
     stop = coord.should_stop()
     if stop:
       self._phase = _STOPPED
+    else:
+      self._plan(step)
     return new_state, outputs, stop
+
+  def _read(self, fetches: List[Any], state: Any, outputs: Any, step: int,
+            previous: Any) -> List[Any]:
+    """Reads the fetches of this call, the device step and monitors, and the
+    last call's lagged fetches, in one ``jax.device_get``; calls the
+    monitors' ``on_read`` and delivers the lagged values."""
+    extra = [fetch.GLOBAL_STEP]
+    device = fetch.device_fetches(fetches + extra, state, outputs,
+                                  self._step_fn)
+    lagged = [] if previous is None else [d for _, d in previous[1]]
+    values = jax.device_get((device, self._values, lagged))
+    (*results, device_step), monitors, lagged = values
+    self._check_step(device_step, step)
+    self._on_read(monitors, step)
+    if previous is not None:
+      self._after_lagged(previous[0], previous[1], lagged)
+    return results
+
+  def _on_read(self, monitors: Sequence[Any], step: int) -> None:
+    for on_read, value in zip(self._readers, monitors):
+      if on_read(value, step) is True:
+        self.coord.request_stop(f"a device monitor requested stop at step "
+                                f"{step}")
+
+  def _after_lagged(self, ctx: RunContext, entries: Sequence[Any],
+                    values: Sequence[Any]) -> None:
+    for (i, _), res in zip(entries, values):
+      if self.hooks[i].after_run(ctx, RunValues(results=res, step=ctx.step)):
+        ctx.request_stop()
+    if ctx.stop_requested:
+      self.coord.request_stop(f"a hook requested stop at step {ctx.step}")
+
+  def _deliver_lagged(self) -> None:
+    """Reads and hands over the pending lagged fetches now."""
+    pending, self._lagged = self._lagged, None
+    if pending is not None:
+      values = jax.device_get([d for _, d in pending[1]])
+      self._after_lagged(pending[0], pending[1], values)
+
+  def _plan(self, step: int) -> None:
+    """After a call that ran hooks: the step before which calls run none."""
+    horizon, every_call = math.inf, self._lagged is not None
+    for hook in self.hooks:
+      nxt = hook.next_step_of_interest(step)
+      if nxt is None:
+        every_call = True
+      elif nxt < horizon:
+        horizon = nxt
+    check = self._check_every
+    if check:
+      horizon = min(horizon, (step // check + 1) * check)
+    self._horizon, self._every_call = horizon, every_call
+    self.coord.awake = False
 
   def end(self, state: Any = None) -> Any:
     """Runs every hook's ``end`` with the final state and returns it.
 
-    The device step of the final state is checked against the host count.
+    Pending lagged fetches are delivered first; the device step of the
+    final state is checked against the host count, and device monitors are
+    read a last time.
     """
     if self._phase in (_NEW, _ENDED, _FAILED):
       raise LifecycleError(self._misuse("ended"))
     if state is not None:
       self._state = state
-    device_step = fetch.read_step(self._step_fn, self._state,
-                                  custom=self._custom_step_fn)
-    self._check_step(jax.device_get(device_step), self._step)
+    try:
+      self._deliver_lagged()
+      device_step = fetch.read_step(self._step_fn, self._state,
+                                    custom=self._custom_step_fn)
+      device_step, monitors = jax.device_get((device_step, self._values))
+      self._check_step(device_step, self._step)
+      self._on_read(monitors, self._step)
+    except BaseException as exc:
+      self.abort(exc)
+      raise
     self._phase = _ENDED
     session = self.session()
     for hook in self.hooks:
@@ -236,6 +395,7 @@ class HookedStep:
     if self._phase in (_FAILED, _ENDED):
       return
     self._phase = _FAILED
+    self._lagged = None
     session = self.session()
     for hook in self.hooks:
       hook.on_exception(session, exc)
@@ -249,14 +409,6 @@ class HookedStep:
             _ENDED: "after `end`"}[self._phase]
     return f"The hooked step was {verb} {what}."
 
-  def _check_result(self, result: Any) -> None:
-    if not isinstance(result, tuple) or len(result) != 2:
-      got = (f"a tuple of {len(result)}" if isinstance(result, tuple)
-             else type(result).__name__)
-      raise TypeError(
-          "`train_step` must return `(state, outputs)`, got " + got + ".")
-    self._checked_outputs = True
-
   def _check_step(self, device_step: Any, host_step: int) -> None:
     if int(device_step) != host_step:
       raise StepMismatchError(
@@ -268,17 +420,35 @@ class HookedStep:
 def wrap(train_step: Callable[[Any, Any], Tuple[Any, Any]],
          hooks: Sequence[Hook] = (), *,
          step_fn: Optional[Callable[[Any], Any]] = None,
-         coord: Optional[Coordinator] = None) -> HookedStep:
+         coord: Optional[Coordinator] = None,
+         steps_per_call: int = 1,
+         batch_fn: Optional[Callable[[Any, Any], Any]] = None,
+         lag_fetches: bool = False,
+         donate_state: Optional[bool] = None) -> HookedStep:
   """Wraps a train step ``(state, batch) -> (state, outputs)`` with hooks.
 
   Args:
-    train_step: usually a ``jax.jit`` function; called as is, so jaxhooks
-      adds no recompilation.
+    train_step: usually a ``jax.jit`` function. Called as is (jaxhooks adds
+      no program) unless a hook keeps device monitors (``NanTensorHook``) or
+      ``steps_per_call > 1``: then one program of jaxhooks runs it.
     hooks: the hooks, called in this order.
     step_fn: returns the completed-update count of a state; by default
       ``state.step`` (or ``state["step"]``).
     coord: the stop coordinator; by default a ``DistributedCoordinator``
       in a multi-process job, else a single-process ``Coordinator``.
+    steps_per_call: run up to this many steps per call in one dispatch (a
+      ``fori_loop`` on the device). Each call is cut to end exactly at the
+      next step some hook acts on; ``steps_next_call`` says how many steps
+      the next call runs. Each call's batch is then stacked on a leading
+      axis of that many rows, unless ``batch_fn`` is given.
+    batch_fn: ``batch_fn(batch, step) -> batch``, traced on the device for
+      each step (``step``: the completed steps before it), e.g. a slice of
+      a device-resident data set passed as the call's ``batch``.
+    lag_fetches: hand the values that hooks with
+      ``accepts_lagged_fetches`` fetch at step N to their ``after_run``
+      while the next call runs, so the loop never waits for them.
+    donate_state: donate the state to the program; by default, as
+      ``train_step`` does (``jax.jit(..., donate_argnums=0)``).
 
   Returns:
     A :class:`HookedStep`.
@@ -297,5 +467,19 @@ def wrap(train_step: Callable[[Any, Any], Tuple[Any, Any]],
     ...   state, outputs, stop = step(state, jnp.ones(2))
     >>> int(step.end(state)["step"])
     3
+
+    Five steps per dispatch, cut to stop exactly at step 12:
+
+    >>> step = jh.wrap(train_step, hooks=[jh.StopAtStepHook(last_step=12)],
+    ...                steps_per_call=5)
+    >>> state = step.begin({"w": jnp.ones(2), "step": jnp.array(0)})
+    >>> calls = []
+    >>> while not step.should_stop:
+    ...   calls.append(step.steps_next_call)
+    ...   state, _, _ = step(state, jnp.ones((calls[-1], 2)))
+    >>> calls, int(step.end(state)["step"])
+    ([5, 5, 2], 12)
   """
-  return HookedStep(train_step, hooks, step_fn=step_fn, coord=coord)
+  return HookedStep(train_step, hooks, step_fn=step_fn, coord=coord,
+                    steps_per_call=steps_per_call, batch_fn=batch_fn,
+                    lag_fetches=lag_fetches, donate_state=donate_state)

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any, Callable, Optional
 
-from jaxhooks.hook import Hook, RunContext, RunValues, Session
+from jaxhooks.hook import NEVER, Hook, RunContext, RunValues, Session
 
 __all__ = ["StopAtStepHook", "GlobalStepWaiterHook"]
 
@@ -86,9 +86,8 @@ class StopAtStepHook(Hook):
     if run_context.step >= self._last_step:
       run_context.request_stop(deterministic=True)
 
-  def next_step_of_interest(self, step: int) -> Optional[int]:
-    """The step the hook acts on after ``step`` (for fused execution)."""
-    return self._last_step if self._last_step > step else None
+  def next_step_of_interest(self, step: int):
+    return self._last_step if self._last_step > step else NEVER
 
   def state_dict(self) -> Optional[dict]:
     if self._given_last_step is not None or self._last_step is None:
@@ -167,6 +166,9 @@ class GlobalStepWaiterHook(Hook):
           "advances the step. Pass `step_source=` or lower "
           "`wait_until_step`.")
     return coord.global_step
+
+  def next_step_of_interest(self, step: int):
+    return NEVER if self._done else step + 1
 
   def before_run(self, run_context: RunContext) -> None:
     if self._done:

@@ -84,6 +84,7 @@ class SummarySaverHook(Hook):
   """
 
   primary_only = True
+  accepts_lagged_fetches = True
 
   def __init__(self, save_steps: Optional[int] = None,
                save_secs: Optional[float] = None,
@@ -107,7 +108,6 @@ class SummarySaverHook(Hook):
     self._owns_writer = writer is None
     self._writer = default_writer(output_dir) if writer is None else writer
     self._output_dir = output_dir
-    self._trigger = False
 
   @property
   def writer(self) -> MetricWriter:
@@ -121,14 +121,18 @@ class SummarySaverHook(Hook):
   def begin(self) -> None:
     open_writer(self._writer)   # an unwritable directory fails here
 
+  def next_step_of_interest(self, step: int):
+    return self._timer.next_trigger_step(step)
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
-    self._trigger = self._timer.should_trigger_for_step(run_context.step)
-    return RunArgs(fetches=self._fetches) if self._trigger else None
+    if self._timer.claim(run_context.step):
+      return RunArgs(fetches=self._fetches)
+    return None
 
   def after_run(self, run_context: RunContext, run_values: RunValues) -> None:
-    if not self._trigger:
+    if run_values.results is None:
       return
-    self._timer.update_last_triggered_step(run_context.step)
+    self._timer.update_last_triggered_step(run_values.step)
     values = scalar_dict(run_values.results)
     if values:
       self._writer.write_scalars(run_context.step, values)

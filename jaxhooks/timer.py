@@ -91,6 +91,7 @@ class SecondOrStepTimer:
     self._last_time: Optional[float] = None
     self._shared = False
     self._agreed_step: Optional[int] = None
+    self._claimed = False
 
   @property
   def every_secs(self) -> Optional[float]:
@@ -108,6 +109,7 @@ class SecondOrStepTimer:
     """Forgets the last trigger."""
     self._last_step = None
     self._last_time = None
+    self._claimed = False
 
   def should_trigger_for_step(self, step: int) -> bool:
     """True when the timer should fire at global step ``step``."""
@@ -118,6 +120,24 @@ class SecondOrStepTimer:
     if self._shared:
       return step == self._agreed_step
     return self.time_due()
+
+  def claim(self, step: int) -> bool:
+    """``should_trigger_for_step``, and when it fires, no further trigger
+    until ``update_last_triggered_step``: for a hook whose values may reach
+    its ``after_run`` a call late (lagged fetches).
+
+    Example:
+      >>> t = [0.0]
+      >>> timer = SecondOrStepTimer(every_secs=10, clock=lambda: t[0])
+      >>> timer.claim(1), timer.claim(2)
+      (True, False)
+      >>> timer.update_last_triggered_step(1)
+      (None, None)
+    """
+    if self._claimed or not self.should_trigger_for_step(step):
+      return False
+    self._claimed = True
+    return True
 
   def time_due(self) -> bool:
     """For a time timer: whether its period has passed on this process."""
@@ -143,6 +163,7 @@ class SecondOrStepTimer:
       ``(elapsed_secs, elapsed_steps)`` since the previous trigger, or
       ``(None, None)`` for the first one.
     """
+    self._claimed = False
     now = self._clock()
     elapsed = (None, None)
     if self._last_time is not None and self._last_step is not None:

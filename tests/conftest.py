@@ -1,5 +1,7 @@
 """Shared test fixtures: a tiny jitted step on a dict state, a recording
-hook and a fake clock."""
+hook, a fake clock and a compile counter."""
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -86,3 +88,21 @@ def run_loop(step, state, batch=None, max_calls=10_000):
 @pytest.fixture
 def clock():
   return FakeClock()
+
+
+_BACKEND_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, secs, **kw: _BACKEND_COMPILES.append(name)
+    if name == "/jax/core/compile/backend_compile_duration" else None)
+
+
+@contextlib.contextmanager
+def count_compiles():
+  """Counts XLA compilations in the block: ``with count_compiles() as n:``,
+  then ``n[0]``."""
+  start = len(_BACKEND_COMPILES)
+  count = [0]
+  try:
+    yield count
+  finally:
+    count[0] = len(_BACKEND_COMPILES) - start

@@ -62,9 +62,9 @@ class FetchSpy:
 
   def __init__(self, monkeypatch):
     self.calls = 0
-    real = fetch.resolve_fetches
+    real = fetch.device_fetches
 
     def counting(*args, **kwargs):
       self.calls += 1
       return real(*args, **kwargs)
-    monkeypatch.setattr(fetch, "resolve_fetches", counting)
+    monkeypatch.setattr(fetch, "device_fetches", counting)

@@ -285,6 +285,8 @@ def test_sigterm_saves_next_step_waits_and_stops(tmp_path):
 
 def test_preemption_step_goes_through_the_coordinator(tmp_path):
   class Agreed(jh.Coordinator):
+    check_every_n_steps = 5   # agreed steps are check steps
+
     def agree_preemption_step(self, step, *, notified):
       return 5  # as if another process saw the notice
 
@@ -292,8 +294,10 @@ def test_preemption_step_goes_through_the_coordinator(tmp_path):
       tmp_path, save_on_preemption=True)], coord=Agreed())
   state = step.begin(dict_state())
   stop = False
-  while not stop:
+  for _ in range(10):
     state, _, stop = step(state, jnp.ones(2))
+    if stop:
+      break
   step.end(state)
   assert step.step == 5 and on_disk(tmp_path) == [5]
 

@@ -78,5 +78,5 @@ def test_outputs_must_be_a_dict_to_fetch_by_name():
                  hooks=[jh.NanTensorHook("loss")])
   state = step.begin(dict_state())
   with pytest.raises(TypeError, match=r"fetches the output 'loss', but the "
-                                      r"step's `outputs` is a ArrayImpl"):
+                                      r"step's `outputs` is an array, not a dict"):
     step(state)

@@ -114,7 +114,8 @@ def test_nan_tensor_hook_raises_with_the_exact_step():
     bad = jnp.where(new["step"] >= 4, jnp.nan, out["loss"])
     return new, {"loss": bad}
   log = []
-  step = jh.wrap(step_fn, hooks=[jh.NanTensorHook("loss"), Recorder("r", log)])
+  step = jh.wrap(step_fn, hooks=[jh.NanTensorHook("loss", every_n_iter=1),
+                                 Recorder("r", log)])
   state = step.begin(dict_state())
   with pytest.raises(jh.NanLossDuringTrainingError) as info:
     for _ in range(10):
@@ -132,10 +133,64 @@ def test_nan_tensor_hook_without_fail_stops_on_inf(caplog):
   def step_fn(state, batch):
     new, out = dict_step(state, batch)
     return new, {"loss": jnp.where(new["step"] == 2, jnp.inf, out["loss"])}
-  step = jh.wrap(step_fn, hooks=[jh.NanTensorHook("loss", fail_on_nan_loss=False)])
+  step = jh.wrap(step_fn, hooks=[jh.NanTensorHook(
+      "loss", fail_on_nan_loss=False, every_n_iter=1)])
   _, calls = run_loop(step, dict_state())
   assert calls == 2
   assert _messages(caplog) == ["Model diverged with loss = inf at step 2; stopping."]
+
+
+def _nan_from(first_bad):
+  @jax.jit
+  def step_fn(state, batch):
+    new, out = dict_step(state, batch)
+    return new, {"loss": jnp.where(new["step"] >= first_bad, jnp.nan,
+                                   out["loss"])}
+  return step_fn
+
+
+@pytest.mark.parametrize("every, noticed", [(None, 10), (3, 6), (5, 5)])
+def test_nan_sentinel_names_the_first_bad_step_when_noticed_later(every,
+                                                                  noticed):
+  log = []
+  step = jh.wrap(_nan_from(4), hooks=[
+      jh.NanTensorHook("loss", every_n_iter=every), Recorder("r", log)])
+  state = step.begin(dict_state())
+  with pytest.raises(jh.NanLossDuringTrainingError) as info:
+    for _ in range(10):
+      state, _, _ = step(state, jnp.ones(2))
+    step.end(state)
+  assert str(info.value) == "NaN loss during training: `loss` was nan at step 4."
+  # Noticed at the first read after step 4 (in `end` without every_n_iter):
+  # no after_run of that step and no end ran.
+  last_good = noticed if every is None else noticed - 1
+  assert log[-1] == ("r", "on_exception", last_good,
+                     "NanLossDuringTrainingError")
+  assert ("r", "after_run", last_good) in log
+  assert ("r", "after_run", last_good + 1) not in log
+  assert ("r", "end", 10) not in log
+
+
+def test_nan_sentinel_rides_on_other_hooks_reads(caplog):
+  caplog.set_level(logging.WARNING, logger="jaxhooks")
+  step = jh.wrap(_nan_from(3), hooks=[
+      jh.NanTensorHook("loss", fail_on_nan_loss=False),
+      jh.LoggingTensorHook(["loss"], every_n_iter=4),
+      jh.StopAtStepHook(last_step=20)])
+  _, calls = run_loop(step, dict_state())
+  assert calls == 4   # the logger's read at step 4 shows the NaN of step 3
+  assert _messages(caplog)[-1] == (
+      "Model diverged with loss = nan at step 3 (noticed at step 4); "
+      "stopping.")
+
+
+def test_nan_sentinel_names_a_missing_loss_output():
+  step = jh.wrap(dict_step, hooks=[jh.NanTensorHook("xent")])
+  state = step.begin(dict_state())
+  with pytest.raises(ValueError, match=r"fetches the output 'xent', which "
+                     r"the step does not return; `outputs` has keys "
+                     r"\['loss', 'w0'\]"):
+    step(state, jnp.ones(2))
 
 
 def test_nan_tensor_hook_bad_name():
