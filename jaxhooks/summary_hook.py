@@ -119,7 +119,7 @@ class SummarySaverHook(Hook):
     return self._timer
 
   def begin(self) -> None:
-    open_writer(self._writer)   # an unwritable directory fails here
+    open_writer(self._writer, self._output_dir)  # unwritable: fails here
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     self._trigger = self._timer.should_trigger_for_step(run_context.step)

@@ -193,11 +193,15 @@ def test_monitored_session_writes_summaries_and_step_rate(tmp_path):
 
 def test_unwritable_output_dir_fails_at_begin(tmp_path):
   (tmp_path / "file").write_text("")
-  hook = jh.SummarySaverHook(save_steps=1, output_dir=str(tmp_path / "file"
-                                                          / "logs"))
+  logdir = str(tmp_path / "file" / "logs")
+  hook = jh.SummarySaverHook(save_steps=1, output_dir=logdir)
   step = jh.wrap(scripted_step(LOSSES), [hook])
-  with pytest.raises(OSError):
+  with pytest.raises(OSError) as info:
     step.begin(state_at())
+  assert str(info.value).startswith(
+      f"`output_dir` {logdir!r} is not a writable directory: "
+      "NotADirectoryError: ")
+  assert isinstance(info.value.__cause__, NotADirectoryError)
 
 
 def test_tensorboard_writer_flushes_every_flush_secs(tmp_path):
