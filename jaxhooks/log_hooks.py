@@ -122,8 +122,8 @@ class LoggingTensorHook(Hook):
 
   def end(self, session: Session) -> None:
     if self._at_end and session.outputs is not None:
-      (values,) = fetch.resolve_fetches([self._tensors], session.state,
-                                        session.outputs, fetch.default_step_fn)
+      values = fetch.resolve_at_step(self._tensors, session.state,
+                                     session.outputs, session.step)
       self._log(values, None)
 
   def state_dict(self) -> Optional[dict]:
