@@ -115,12 +115,17 @@ def test_step_counter_reports_exact_rate_with_fake_clock(caplog, clock):
   class Writer:
     def write_scalars(self, step, scalars):
       written.append((step, scalars))
+    def flush(self):
+      written.append("flush")
+    def close(self):
+      written.append("close")
   hook = jh.StepCounterHook(every_n_steps=4, clock=clock, writer=Writer())
   step = jh.wrap(ticking_step, hooks=[jh.StopAtStepHook(last_step=9), hook])
   run_loop(step, dict_state())
   # Baseline at step 1, reports at 4 (3 steps in 0.75 s) and 8 (4 in 1 s).
   assert _messages(caplog) == ["global_step/sec: 4", "global_step/sec: 4"]
-  assert written == [(4, {"global_step/sec": 4.0}), (8, {"global_step/sec": 4.0})]
+  assert written == [(4, {"global_step/sec": 4.0}), (8, {"global_step/sec": 4.0}),
+                     "flush"]   # a given writer is flushed, not closed
 
 
 def test_step_counter_every_n_secs_replaces_the_step_default(clock):
