@@ -62,7 +62,7 @@ class EarlyStoppingHook(Hook):
     (6, 3.0, 3)
   """
 
-  def __init__(self, metric: Any, mode: str = "min", *, patience: int = 0,
+  def __init__(self, metric: Any, *, mode: str = "min", patience: int = 0,
                min_delta: float = 0.0, baseline: Optional[float] = None,
                every_n_iter: int = 1,
                eval_fn: Optional[Callable[[Any], Any]] = None):

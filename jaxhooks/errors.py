@@ -103,12 +103,43 @@ class CoordinationTimeoutError(RuntimeError):
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written or read: an unwritable or corrupted
-  checkpoint directory, or a background write that failed."""
+  checkpoint directory, or a background write that failed.
+
+  Example:
+    >>> import os, tempfile, jaxhooks as jh
+    >>> blocker = os.path.join(tempfile.mkdtemp(), "file")
+    >>> open(blocker, "w").close()      # a file where a directory must be
+    >>> hook = jh.CheckpointSaverHook(os.path.join(blocker, "ckpt"))
+    >>> try:
+    ...   hook.begin()                    # fails before any training
+    ... except jh.CheckpointError as e:
+    ...   print(str(e).replace(blocker, "<file>"))
+    `checkpoint_dir` '<file>/ckpt' is not a writable directory: NotADirectoryError: [Errno 20] Not a directory: '<file>/ckpt'
+  """
 
 
 class CheckpointMismatchError(CheckpointError):
   """The checkpoint's train state does not have the structure (tree paths,
-  shapes) of the state it is restored into."""
+  shapes) of the state it is restored into.
+
+  Example:
+    >>> import tempfile, jax, jax.numpy as jnp, jaxhooks as jh
+    >>> ckpt_dir = tempfile.mkdtemp()
+    >>> train_step = jax.jit(lambda s, b: ({**s, "step": s["step"] + 1}, {}))
+    >>> def train(state):
+    ...   step = jh.wrap(train_step, [jh.StopAtStepHook(last_step=1),
+    ...                               jh.CheckpointSaverHook(ckpt_dir)])
+    ...   state = step.begin(state)       # restores the latest checkpoint
+    ...   while not step.should_stop:
+    ...     state, _, _ = step(state)
+    ...   step.end(state)
+    >>> train({"w": jnp.ones(2), "step": jnp.array(0)})   # saves step 1
+    >>> try:
+    ...   train({"w": jnp.ones(3), "step": jnp.array(0)})  # another shape
+    ... except jh.CheckpointMismatchError as e:
+    ...   print(str(e).split(": ", 1)[1])
+    w: shape (3,) in the state, (2,) in the checkpoint.
+  """
 
 
 class NonFiniteStateError(CheckpointError):
@@ -116,6 +147,14 @@ class NonFiniteStateError(CheckpointError):
 
   Attributes:
     step: the global step of the state.
+
+  Example:
+    >>> import jaxhooks as jh
+    >>> err = jh.NonFiniteStateError(7, "runs/demo/ckpt")
+    >>> err.step, isinstance(err, jh.CheckpointError)
+    (7, True)
+    >>> print(err)
+    Refusing to save a non-finite train state (NaN or inf) at step 7 to `checkpoint_dir` 'runs/demo/ckpt'; the last saved checkpoint is kept.
   """
 
   def __init__(self, step: int, checkpoint_dir: str = ""):

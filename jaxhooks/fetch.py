@@ -126,3 +126,21 @@ def wants_step(fetches: Any) -> bool:
   """True when a fetch structure holds :data:`GLOBAL_STEP`."""
   leaves = jax.tree_util.tree_leaves(fetches, is_leaf=_is_fetch_leaf)
   return any(x is GLOBAL_STEP for x in leaves)
+
+
+def resolve_at_step(fetches: Any, state: Any, outputs: Any, step: int) -> Any:
+  """Reads one fetch structure, with :data:`GLOBAL_STEP` read as ``step``.
+
+  For hooks' ``end``: the host step ``session.step`` is the step of
+  ``state`` (the runner checks it against the device), so no ``step_fn`` is
+  needed, whatever the shape of the state.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxhooks.hook import GLOBAL_STEP
+    >>> resolve_at_step({"s": GLOBAL_STEP, "l": "loss"}, (jnp.ones(2),),
+    ...                 {"loss": jnp.array(0.5)}, 7)
+    {'l': array(0.5, dtype=float32), 's': 7}
+  """
+  (values,) = resolve_fetches([fetches], state, outputs, lambda _: step)
+  return values

@@ -5,6 +5,7 @@ device only on the steps they report."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 
@@ -12,6 +13,7 @@ from jaxhooks import fetch
 from jaxhooks.hook import (GLOBAL_STEP, NEVER, Hook, RunArgs, RunContext, RunValues,
                            Session)
 from jaxhooks.timer import Clock, SecondOrStepTimer
+from jaxhooks.writers import MetricWriter, default_writer, open_writer
 
 __all__ = ["LoggingTensorHook", "StepCounterHook"]
 
@@ -63,8 +65,6 @@ class LoggingTensorHook(Hook):
   Example:
     >>> import logging, jax, jax.numpy as jnp
     >>> import jaxhooks as jh
-    >>> logging.basicConfig(level=logging.INFO, format="%(message)s",
-    ...                     stream=__import__("sys").stdout, force=True)
     >>> step = jh.wrap(
     ...     jax.jit(lambda s, b: ({"step": s["step"] + 1},
     ...                           {"loss": 1.0 / (s["step"] + 1)})),
@@ -72,6 +72,8 @@ class LoggingTensorHook(Hook):
     ...            jh.LoggingTensorHook(["loss"], every_n_iter=2,
     ...                                 formatter=lambda v: f"loss={v['loss']:.2f}")])
     >>> state = step.begin({"step": jnp.array(0)})
+    >>> logging.basicConfig(level=logging.INFO, format="%(message)s",
+    ...                     stream=__import__("sys").stdout, force=True)
     >>> for _ in range(4):
     ...   state, _, _ = step(state)
     loss=0.50
@@ -125,8 +127,8 @@ class LoggingTensorHook(Hook):
 
   def end(self, session: Session) -> None:
     if self._at_end and session.outputs is not None:
-      (values,) = fetch.resolve_fetches([self._tensors], session.state,
-                                        session.outputs, fetch.default_step_fn)
+      values = fetch.resolve_at_step(self._tensors, session.state,
+                                     session.outputs, session.step)
       self._log(values, None)
 
   def state_dict(self) -> Optional[dict]:
@@ -146,15 +148,39 @@ class StepCounterHook(Hook):
   Args:
     every_n_steps: report on global steps that are multiples of this.
     every_n_secs: report when this many seconds have passed instead.
-    writer: optional metric writer; gets ``global_step/sec`` as TF's
-      ``StepCounterHook`` writes it.
+    output_dir: write ``global_step/sec`` to TensorBoard event files there
+      (the hook opens :func:`~jaxhooks.default_writer` in ``begin`` and
+      closes it in ``end``).
+    summary_writer: TF's name for ``writer``.
+    writer: a :class:`~jaxhooks.MetricWriter` that gets ``global_step/sec``
+      as TF's ``StepCounterHook`` writes it (flushed in ``end``, not
+      closed: share the one of a ``SummarySaverHook``).
     clock: time source (tests inject one).
 
+  At most one of ``output_dir`` and ``writer`` may be given; with neither,
+  the rate is only logged.
+
   Example:
+    >>> import logging, os, tempfile, jax, jax.numpy as jnp
     >>> import jaxhooks as jh
     >>> hook = jh.StepCounterHook(every_n_steps=100)
     >>> hook.timer.every_steps
     100
+    >>> logdir = tempfile.mkdtemp()
+    >>> step = jh.wrap(jax.jit(lambda s, b: ({"step": s["step"] + 1}, {})),
+    ...                hooks=[jh.StopAtStepHook(last_step=4),
+    ...                       jh.StepCounterHook(every_n_steps=2,
+    ...                                          output_dir=logdir)])
+    >>> state = step.begin({"step": jnp.array(0)})
+    >>> logging.basicConfig(level=logging.INFO, format="%(message)s",
+    ...                     stream=__import__("sys").stdout, force=True)
+    >>> for _ in range(4):  # doctest: +ELLIPSIS
+    ...   state, _, _ = step(state)
+    global_step/sec: ...
+    global_step/sec: ...
+    >>> state = step.end(state)   # and the two rates are in logdir
+    >>> [name.startswith("events.out.tfevents") for name in os.listdir(logdir)]
+    [True]
   """
 
   primary_only = True
@@ -166,6 +192,18 @@ class StepCounterHook(Hook):
                clock: Optional[Clock] = None):
     if every_n_secs is not None and every_n_steps == 100:
       every_n_steps = None  # TF: giving every_n_secs replaces the default
+    writer = writer if writer is not None else summary_writer
+    if output_dir is not None and writer is not None:
+      raise ValueError(
+          "At most one of `output_dir` and `writer` may be given, got "
+          f"output_dir={output_dir!r}, writer={writer!r}.")
+    if writer is not None and not isinstance(writer, MetricWriter):
+      raise TypeError(
+          f"`writer` must have write_scalars, flush and close, got {writer!r}.")
+    if output_dir is not None and not isinstance(output_dir, (str,
+                                                              os.PathLike)):
+      raise TypeError(f"`output_dir` must be a path, got {output_dir!r}.")
+    self._owns_writer = output_dir is not None
     self._timer = SecondOrStepTimer(every_secs=every_n_secs,
                                     every_steps=every_n_steps, clock=clock,
                                     names=("every_n_secs", "every_n_steps"))
@@ -173,6 +211,12 @@ class StepCounterHook(Hook):
     self._writer = writer if writer is not None else summary_writer
     self._started = False
     self.last_rate: Optional[float] = None
+
+  def begin(self) -> None:
+    if self._owns_writer:
+      if self._writer is None:
+        self._writer = default_writer(self._output_dir)
+      open_writer(self._writer, self._output_dir)  # unwritable: fails here
 
   @property
   def timer(self) -> SecondOrStepTimer:
@@ -207,6 +251,13 @@ class StepCounterHook(Hook):
     self._started = False
 
   def end(self, session: Session) -> None:
+    if self._owns_writer and self._writer is not None:
+      self._writer.close()
+      return
     flush = getattr(self._writer, "flush", None)
     if callable(flush):
       flush()
+
+  def on_exception(self, session: Session, exc: BaseException) -> None:
+    if self._owns_writer and self._writer is not None:
+      self._writer.close()

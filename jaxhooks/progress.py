@@ -221,9 +221,8 @@ class ProgressBarHook(Hook):
     if not self._started:
       self._open()
     if self._metrics is not None and session.outputs is not None:
-      (self._postfix,) = fetch.resolve_fetches(
-          [self._metrics], session.state, session.outputs,
-          fetch.default_step_fn)
+      self._postfix = fetch.resolve_at_step(
+          self._metrics, session.state, session.outputs, session.step)
     if self._bar is not None:
       if self._postfix:
         self._bar.set_postfix_str(_fmt_metrics(self._postfix), refresh=False)

@@ -22,7 +22,6 @@ from jaxhooks.hook import Hook
 from jaxhooks.log_hooks import StepCounterHook
 from jaxhooks.runner import HookedStep
 from jaxhooks.summary_hook import SummarySaverHook
-from jaxhooks.writers import default_writer
 
 __all__ = ["MonitoredTrainingSession", "default_hooks", "summary_hooks",
            "DEFAULT_SAVE_CHECKPOINT_SECS"]
@@ -47,7 +46,7 @@ def summary_hooks(*, summary_dir: Optional[str],
   if save_summaries_secs is not None and save_summaries_steps == 100:
     save_summaries_steps = None  # TF: giving the seconds replaces the default
   hooks: List[Hook] = []
-  writer = None
+  writer = counter_dir = None
   if summary_dir is not None and (save_summaries_steps or
                                   save_summaries_secs):
     summary = SummarySaverHook(save_steps=save_summaries_steps or None,
@@ -56,10 +55,10 @@ def summary_hooks(*, summary_dir: Optional[str],
     writer = summary.writer
     hooks.append(summary)
   elif summary_dir is not None and log_step_count_steps:
-    writer = default_writer(summary_dir)
+    counter_dir = summary_dir   # the hook opens and closes its own writer
   if log_step_count_steps:
     hooks.insert(0, StepCounterHook(every_n_steps=log_step_count_steps,
-                                    writer=writer))
+                                    output_dir=counter_dir, writer=writer))
   return hooks
 
 

@@ -133,6 +133,8 @@ class GlobalStepWaiterHook(Hook):
                clock: Callable[[], float] = time.monotonic):
     self._wait_until_step = _check_step_arg(
         "wait_until_step", wait_until_step, minimum=0)
+    if isinstance(poll_secs, bool) or not isinstance(poll_secs, (int, float)):
+      raise ValueError(f"`poll_secs` must be a number, got {poll_secs!r}.")
     if poll_secs <= 0:
       raise ValueError(f"`poll_secs` must be positive, got {poll_secs!r}.")
     if timeout_secs is not None and timeout_secs <= 0:
@@ -190,5 +192,6 @@ class GlobalStepWaiterHook(Hook):
           and self._clock() - start >= self._timeout_secs):
         raise TimeoutError(
             f"GlobalStepWaiterHook: global step is {current} after waiting "
-            f"{self._timeout_secs}s for step {self._wait_until_step}.")
+            f"`timeout_secs`={self._timeout_secs!r} s for step "
+            f"{self._wait_until_step}.")
       self._sleep(self._poll_secs)

@@ -119,7 +119,7 @@ class SummarySaverHook(Hook):
     return self._timer
 
   def begin(self) -> None:
-    open_writer(self._writer)   # an unwritable directory fails here
+    open_writer(self._writer, self._output_dir)  # unwritable: fails here
 
   def next_step_of_interest(self, step: int):
     return self._timer.next_trigger_step(step)

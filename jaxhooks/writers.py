@@ -314,11 +314,40 @@ class MultiWriter:
     return f"MultiWriter({list(self._writers)!r})"
 
 
-def open_writer(writer: MetricWriter) -> None:
-  """Calls ``writer.open()`` when the writer has one (files open early)."""
+def open_writer(writer: MetricWriter, output_dir: Any = None) -> None:
+  """Calls ``writer.open()`` when the writer has one (files open early).
+
+  Args:
+    writer: the writer to open.
+    output_dir: the hook argument the writer was made for; an ``OSError``
+      of the open is raised again with a message naming it.
+
+  Raises:
+    OSError: the writer's file or directory cannot be written.
+
+  Example:
+    >>> import os, tempfile, jaxhooks as jh
+    >>> blocker = os.path.join(tempfile.mkdtemp(), "file")
+    >>> open(blocker, "w").close()      # a file where a directory must be
+    >>> logdir = os.path.join(blocker, "logs")
+    >>> try:
+    ...   open_writer(jh.JsonlWriter(os.path.join(logdir, "m.jsonl")), logdir)
+    ... except OSError as e:
+    ...   print(str(e).split(": ")[0].replace(blocker, "<file>"))
+    `output_dir` '<file>/logs' is not a writable directory
+  """
   opener = getattr(writer, "open", None)
-  if callable(opener):
+  if not callable(opener):
+    return
+  if output_dir is None:
     opener()
+    return
+  try:
+    opener()
+  except OSError as e:
+    raise OSError(
+        f"`output_dir` {os.fspath(output_dir)!r} is not a writable "
+        f"directory: {type(e).__name__}: {e}") from e
 
 
 def default_writer(logdir: str) -> MetricWriter:

@@ -119,3 +119,10 @@ def test_bad_metric_values_are_clear_errors():
     run(scripted_step([1.0] * 3), [
         jh.StopAtStepHook(last_step=3),
         jh.EarlyStoppingHook("acc", eval_fn=lambda s: {"loss": 1.0})])
+
+
+def test_arguments_after_metric_are_keyword_only():
+  with pytest.raises(TypeError, match="positional argument"):
+    jh.EarlyStoppingHook("loss", "max")
+  es = jh.EarlyStoppingHook("loss", mode="max", baseline=0.5)
+  assert (es.improves(0.6), es.improves(0.4)) == (True, False)

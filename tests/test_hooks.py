@@ -67,6 +67,27 @@ def test_logging_tensor_hook_at_end_only_and_formatter(caplog):
   assert _messages(caplog) == ["final loss 3.3800"]
 
 
+
+@jax.jit
+def tuple_step(state, batch):
+  """An NNX-like state: (params, {"step": ...}); no `.step`, no "step" key."""
+  w, counters = state
+  w = w - 0.1 * batch
+  return (w, {"step": counters["step"] + 1}), {"w0": w[0]}
+
+
+def test_at_end_global_step_uses_the_host_step_not_state_step(caplog):
+  caplog.set_level(logging.INFO, logger="jaxhooks")
+  hook = jh.LoggingTensorHook({"step": jh.GLOBAL_STEP, "w0": "w0"},
+                              every_n_iter=2, at_end=True)
+  step = jh.wrap(tuple_step, hooks=[jh.StopAtStepHook(last_step=3), hook],
+                 step_fn=lambda s: s[1]["step"])
+  state, _ = run_loop(step, (jnp.asarray([1.0, 2.0]),
+                             {"step": jnp.asarray(0, jnp.int32)}))
+  assert int(state[1]["step"]) == 3
+  assert _messages(caplog) == [f"step = 2, w0 = {_w0(2)}",
+                               f"step = 3, w0 = {_w0(3)}"]
+
 def test_logging_tensor_hook_bad_tensors():
   with pytest.raises(ValueError, match=r"`tensors` must name at least one"):
     jh.LoggingTensorHook([], every_n_iter=1)
@@ -94,12 +115,17 @@ def test_step_counter_reports_exact_rate_with_fake_clock(caplog, clock):
   class Writer:
     def write_scalars(self, step, scalars):
       written.append((step, scalars))
+    def flush(self):
+      written.append("flush")
+    def close(self):
+      written.append("close")
   hook = jh.StepCounterHook(every_n_steps=4, clock=clock, writer=Writer())
   step = jh.wrap(ticking_step, hooks=[jh.StopAtStepHook(last_step=9), hook])
   run_loop(step, dict_state())
   # Baseline at step 1, reports at 4 (3 steps in 0.75 s) and 8 (4 in 1 s).
   assert _messages(caplog) == ["global_step/sec: 4", "global_step/sec: 4"]
-  assert written == [(4, {"global_step/sec": 4.0}), (8, {"global_step/sec": 4.0})]
+  assert written == [(4, {"global_step/sec": 4.0}), (8, {"global_step/sec": 4.0}),
+                     "flush"]   # a given writer is flushed, not closed
 
 
 def test_step_counter_every_n_secs_replaces_the_step_default(clock):

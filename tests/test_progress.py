@@ -4,6 +4,8 @@ device reads on refresh steps only."""
 import io
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 import jaxhooks as jh
@@ -114,3 +116,26 @@ def test_without_tqdm_plain_lines_or_a_clear_error(monkeypatch):
   assert auto.plain is True
   with pytest.raises(ImportError, match=r"`pip install jaxhooks\[progress\]`"):
     jh.ProgressBarHook(plain=False).begin()
+
+
+def test_final_metrics_read_global_step_with_a_custom_step_fn():
+  @jax.jit
+  def tuple_step(state, batch):
+    del batch
+    loss, counters = state  # an NNX-like state: no `.step`, no "step" key
+    return (loss / 2, {"n": counters["n"] + 1}), {"loss": loss / 2}
+
+  out = io.StringIO()
+  hook = jh.ProgressBarHook(metrics={"s": jh.GLOBAL_STEP, "loss": "loss"},
+                            every_n_iter=2, stream=out, plain=True,
+                            clock=FakeClock())
+  step = jh.wrap(tuple_step, [jh.StopAtStepHook(last_step=3), hook],
+                 step_fn=lambda s: s[1]["n"])
+  state = step.begin((jnp.float32(1.0), {"n": jnp.asarray(0, jnp.int32)}))
+  while not step.should_stop:
+    state, _, _ = step(state)
+  step.end(state)
+  assert out.getvalue().splitlines() == [
+      "train: step 2/3 (66%) | loss=0.25, s=2",
+      "train: step 3/3 (100%) | done in 0:00:00 | loss=0.125, s=3",
+  ]

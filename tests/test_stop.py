@@ -107,9 +107,10 @@ def test_global_step_waiter_times_out_with_the_step_it_saw(clock):
                                  clock=clock, poll_secs=1.0, timeout_secs=3)
   step = jh.wrap(dict_step, hooks=[hook])
   state = step.begin(dict_state())
-  with pytest.raises(TimeoutError, match=r"global step is 4 after waiting 3s "
-                                         r"for step 10"):
+  with pytest.raises(TimeoutError) as info:
     step(state, jnp.ones(2))
+  assert str(info.value) == ("GlobalStepWaiterHook: global step is 4 after "
+                             "waiting `timeout_secs`=3 s for step 10.")
 
 
 def test_global_step_waiter_in_one_process_refuses_to_hang():
@@ -122,6 +123,8 @@ def test_global_step_waiter_in_one_process_refuses_to_hang():
 @pytest.mark.parametrize("kwargs,match", [
     ({"wait_until_step": -1}, r"`wait_until_step` must be >= 0, got -1\."),
     ({"wait_until_step": 1, "poll_secs": 0}, r"`poll_secs` must be positive, got 0\."),
+    ({"wait_until_step": 1, "poll_secs": "1"},
+     r"`poll_secs` must be a number, got '1'\."),
     ({"wait_until_step": 1, "timeout_secs": -2},
      r"`timeout_secs` must be positive or None, got -2\."),
 ])

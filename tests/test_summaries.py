@@ -193,11 +193,15 @@ def test_monitored_session_writes_summaries_and_step_rate(tmp_path):
 
 def test_unwritable_output_dir_fails_at_begin(tmp_path):
   (tmp_path / "file").write_text("")
-  hook = jh.SummarySaverHook(save_steps=1, output_dir=str(tmp_path / "file"
-                                                          / "logs"))
+  logdir = str(tmp_path / "file" / "logs")
+  hook = jh.SummarySaverHook(save_steps=1, output_dir=logdir)
   step = jh.wrap(scripted_step(LOSSES), [hook])
-  with pytest.raises(OSError):
+  with pytest.raises(OSError) as info:
     step.begin(state_at())
+  assert str(info.value).startswith(
+      f"`output_dir` {logdir!r} is not a writable directory: "
+      "NotADirectoryError: ")
+  assert isinstance(info.value.__cause__, NotADirectoryError)
 
 
 def test_tensorboard_writer_flushes_every_flush_secs(tmp_path):
@@ -227,3 +231,41 @@ def test_step_rate_alone_is_flushed_at_end(tmp_path):
   run(scripted_step(LOSSES), [jh.StopAtStepHook(last_step=10)] + hooks)
   events = read_events(tmp_path)
   assert [s for s, _ in events["global_step/sec"]] == [5, 10]
+
+
+def test_step_counter_output_dir_writes_the_rate_and_closes(tmp_path):
+  clock = FakeClock()
+  logdir = tmp_path / "speed"
+  hook = jh.StepCounterHook(every_n_steps=5, output_dir=str(logdir),
+                            clock=clock)
+  ticking = jh.LambdaHook(before_run=lambda ctx: clock.advance(0.25))
+  run(scripted_step(LOSSES), [jh.StopAtStepHook(last_step=20), ticking, hook])
+  assert read_events(logdir) == {
+      "global_step/sec": [(5, 4.0), (10, 4.0), (15, 4.0), (20, 4.0)]}
+  assert len(os.listdir(logdir)) == 1
+  assert hook._writer._handle is None   # closed in end
+
+
+def test_step_counter_unwritable_output_dir_fails_at_begin(tmp_path):
+  (tmp_path / "file").write_text("")
+  logdir = str(tmp_path / "file" / "logs")
+  step = jh.wrap(scripted_step(LOSSES),
+                 [jh.StepCounterHook(every_n_steps=1, output_dir=logdir)])
+  with pytest.raises(OSError) as info:
+    step.begin(state_at())
+  assert str(info.value).startswith(
+      f"`output_dir` {logdir!r} is not a writable directory: ")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(output_dir="d", writer=jh.CsvWriter("x.csv")), ValueError,
+     "At most one of `output_dir` and `writer` may be given, got "
+     "output_dir='d', writer=CsvWriter"),
+    (dict(writer=object()), TypeError, "`writer` must have write_scalars"),
+    (dict(summary_writer=3), TypeError, "`writer` must have write_scalars, "
+     "flush and close, got 3."),
+    (dict(output_dir=3), TypeError, "`output_dir` must be a path, got 3."),
+])
+def test_step_counter_bad_writer_arguments(kwargs, error, match):
+  with pytest.raises(error, match=match):
+    jh.StepCounterHook(**kwargs)
