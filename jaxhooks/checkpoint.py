@@ -102,7 +102,8 @@ class CheckpointSaverHook(Hook):
     max_to_keep: how many checkpoints to keep (``None``: all).
     keep_period: also keep every checkpoint whose step is a multiple of this.
     best_metric: keep the ``max_to_keep`` best checkpoints by this output of
-      the step (read on save steps) instead of the latest ones.
+      the step (read on save steps) instead of the latest ones; the latest
+      checkpoint is always kept too, so that a restart resumes from it.
     best_mode: ``"min"`` or ``"max"`` for ``best_metric``.
     save_on_start: save the state training starts from (TF1 saved it in
       ``after_create_session``), unless that step is already on disk.

@@ -41,13 +41,28 @@ def make_manager(directory: str, *, max_to_keep: Optional[int],
                  keep_period: Optional[int], best_metric: Optional[str],
                  best_mode: str, async_save: bool,
                  read_only: bool = False) -> ocp.CheckpointManager:
-  """An Orbax ``CheckpointManager`` for the three jaxhooks items."""
+  """An Orbax ``CheckpointManager`` for the three jaxhooks items.
+
+  Retention keeps the union of: the ``max_to_keep`` latest checkpoints (or,
+  with ``best_metric``, the ``max_to_keep`` best ones and the latest one,
+  from which a restart resumes), and every step that is a multiple of
+  ``keep_period``.
+  """
+  keep = ocp.checkpoint_managers.preservation_policy
   best_fn = None
+  policies = []
   if best_metric is not None:
     best_fn = lambda metrics: float(metrics[best_metric])  # noqa: E731
+    policies += [keep.LatestN(n=1), keep.BestN(
+        get_metric_fn=best_fn, reverse=best_mode == "min", n=max_to_keep,
+        keep_checkpoints_without_metrics=True)]
+  else:
+    policies.append(keep.LatestN(n=max_to_keep))
+  if keep_period is not None:
+    policies.append(keep.EveryNSteps(keep_period))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, keep_period=keep_period, best_fn=best_fn,
-      best_mode=best_mode, keep_checkpoints_without_metrics=True,
+      best_fn=best_fn, best_mode=best_mode,
+      preservation_policy=keep.AnyPreservationPolicy(policies),
       create=not read_only, cleanup_tmp_directories=not read_only,
       read_only=read_only,
       enable_async_checkpointing=async_save,

@@ -109,13 +109,37 @@ def test_max_to_keep_and_keep_period(tmp_path):
   assert on_disk(tmp_path / "b") == [4, 8, 9, 10]
 
 
-def test_best_metric_keeps_the_lowest_loss(tmp_path):
+def test_best_metric_keeps_the_lowest_loss_and_the_latest(tmp_path):
   # loss(s) = (1 - s/10)^2 + (2 - s/10)^2 is lowest at s = 15; of the saved
-  # steps 4, 8, ..., 28, 30: 12 (0.68) and 16 (0.52) are the best two.
+  # steps 4, 8, ..., 28, 30: 12 (0.68) and 16 (0.52) are the best two, and
+  # 30 is the latest.
   train([jh.StopAtStepHook(last_step=30),
          jh.CheckpointSaverHook(tmp_path, save_steps=4, max_to_keep=2,
                                 best_metric="loss")])
-  assert on_disk(tmp_path) == [12, 16]
+  assert on_disk(tmp_path) == [12, 16, 30]
+
+
+def test_best_metric_keeps_a_preemption_save_and_resumes_from_it(tmp_path):
+  # SIGTERM after step 25: step 26 (loss 2.92, worse than every kept one) is
+  # saved; it is the latest, so it stays and the restart resumes from it.
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=4, max_to_keep=1,
+                                 best_metric="loss", keep_period=20)
+  step = jh.wrap(dict_step, hooks=[saver])
+  state = step.begin(dict_state())
+  stop = False
+  while not stop:
+    state, _, stop = step(state, jnp.ones(2))
+    if step.step == 25:
+      os.kill(os.getpid(), signal.SIGTERM)
+  step.end(state)
+  assert step.step == 26 and on_disk(tmp_path) == [16, 20, 26]
+  resumed = jh.CheckpointSaverHook(tmp_path, save_steps=4, max_to_keep=1,
+                                   best_metric="loss", keep_period=20)
+  final, step = train([jh.StopAtStepHook(last_step=30), resumed])
+  assert resumed.restored_step == 26 and step.step == 30
+  assert on_disk(tmp_path) == [16, 20, 30]
+  whole, _ = train([jh.StopAtStepHook(last_step=30)])
+  assert final["w"].tobytes() == whole["w"].tobytes()
 
 
 def test_save_secs_with_a_fake_clock(tmp_path):
