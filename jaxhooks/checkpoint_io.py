@@ -4,8 +4,13 @@ A checkpoint step directory holds up to three Orbax items::
 
   <checkpoint_dir>/<step>/state   the train state (StandardCheckpointHandler)
   <checkpoint_dir>/<step>/hooks   {"StopAtStepHook:0": {...}, ...} (JSON)
-  <checkpoint_dir>/<step>/data    the data iterator's position (JSON)
+  <checkpoint_dir>/<step>/data    the data iterator's position (JSON), one
+                                  file per process: ``metadata`` for
+                                  process 0, ``metadata.process_<i>`` for
+                                  process i
 
+Every process saves and restores its own data position; the train state and
+the hook states are shared.
 Hook states are keyed by class name and the hook's position among the hooks
 of that class, so adding or removing hooks of other classes (or running the
 logging hooks on process 0 only) does not shift the keys.
@@ -29,6 +34,7 @@ from jaxhooks.errors import CheckpointError, CheckpointMismatchError
 __all__ = [
     "make_manager", "check_writable", "all_finite", "hook_states",
     "load_hook_states", "to_json", "from_json", "restore_checkpoint",
+    "data_filename",
 ]
 
 log = logging.getLogger("jaxhooks")
@@ -69,11 +75,29 @@ def make_manager(directory: str, *, max_to_keep: Optional[int],
       # Create the step directory before save() returns: a directory that
       # cannot be made fails that save at once instead of in the background.
       async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+  # Every process writes (primary_host=None) and reads its own data file.
   handlers = {STATE: ocp.StandardCheckpointHandler(),
               HOOKS: ocp.JsonCheckpointHandler(),
-              DATA: ocp.JsonCheckpointHandler()}
+              DATA: ocp.JsonCheckpointHandler(
+                  data_filename(jax.process_index()),
+                  multiprocessing_options=ocp.options.MultiprocessingOptions(
+                      primary_host=None))}
   return ocp.CheckpointManager(directory, options=options,
                                item_handlers=handlers)
+
+
+def data_filename(process_index: int) -> str:
+  """The file of a process's data position in the ``data`` item.
+
+  Process 0 uses the name of a single-process checkpoint.
+
+  Example:
+    >>> data_filename(0), data_filename(3)
+    ('metadata', 'metadata.process_3')
+  """
+  if process_index == 0:
+    return "metadata"
+  return f"metadata.process_{process_index}"
 
 
 def check_writable(directory: str, process_index: int = 0) -> None:
@@ -277,8 +301,13 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any,
     raise CheckpointMismatchError(
         f"The checkpoint of step {step} in {where!r} does not match the "
         f"structure of `state`: {shown}.")
-  has_data = with_data and DATA in metadata and (
-      manager.directory / str(step) / DATA).exists()
+  data_dir = manager.directory / str(step) / DATA
+  data_file = data_dir / data_filename(jax.process_index())
+  has_data = with_data and DATA in metadata and data_file.exists()
+  if with_data and not has_data and data_dir.exists():
+    log.warning("The checkpoint of step %d holds no data position of process "
+                "%d (no %s); the data iterator is not restored.", step,
+                jax.process_index(), data_file)
   args = {STATE: ocp.args.StandardRestore(
       jax.tree_util.tree_map(_abstract, state)),
           HOOKS: ocp.args.JsonRestore()}

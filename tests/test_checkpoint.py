@@ -285,6 +285,25 @@ def test_data_position_is_saved_and_restored(tmp_path, as_pair):
   np.testing.assert_array_equal(final["w"], whole["w"])
 
 
+def test_data_position_of_another_process_is_not_restored(tmp_path, caplog):
+  caplog.set_level(logging.WARNING, logger="jaxhooks")
+  it = Seekable()
+  train([jh.StopAtStepHook(last_step=2),
+         jh.CheckpointSaverHook(tmp_path, data_iterator=it)], batches=it)
+  assert saved_json(tmp_path, 2, "data") == {
+      "position": 2, "tag": {"__bytes_b64__": "AP8="}}
+  data = tmp_path / "2" / "data"
+  os.rename(data / "metadata", data / "metadata.process_1")
+  it2 = Seekable()
+  saver = jh.CheckpointSaverHook(tmp_path, data_iterator=it2)
+  step = jh.wrap(dict_step, hooks=[saver])
+  step.end(step.begin(dict_state()))
+  assert saver.restored_step == 2 and it2.position == 0
+  assert [r.getMessage() for r in caplog.records] == [
+      "The checkpoint of step 2 holds no data position of process 0 (no "
+      f"{data / 'metadata'}); the data iterator is not restored."]
+
+
 # -- preemption -------------------------------------------------------------
 
 

@@ -137,6 +137,19 @@ def test_sigterm_on_one_process_saves_the_same_step_on_both(tmp_path):
   assert second[0]["w"] == second[1]["w"] == straight[0]["w"]
 
 
+def test_each_process_saves_and_restores_its_own_data_position(tmp_path):
+  ckpt = tmp_path / "ckpt"
+  r = run_job("data", tmp_path, ckpt)
+  # [restored step, position after restore, final position] per session;
+  # process 1 reads 2 items per step.
+  assert r[0]["positions"] == [[None, 0, 6], [6, 6, 8]]
+  assert r[1]["positions"] == [[None, 0, 12], [6, 12, 16]]
+  files = {f.name: json.loads(f.read_text())
+           for f in (ckpt / "8" / "data").glob("metadata*")}
+  assert files == {"metadata": {"position": 8},
+                   "metadata.process_1": {"position": 16}}
+
+
 def test_multiprocess_digits_example_trains_and_resumes(tmp_path):
   example = pathlib.Path(__file__).parents[1] / "examples" / "multiprocess_digits.py"
   def job(steps):
