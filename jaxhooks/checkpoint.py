@@ -82,6 +82,12 @@ def _check_int(name: str, value: Any, minimum: int) -> Optional[int]:
   return value
 
 
+def _donated(state: Any) -> bool:
+  """True when an array of ``state`` was deleted (donated to a jitted call)."""
+  return any(isinstance(x, jax.Array) and x.is_deleted()
+             for x in jax.tree_util.tree_leaves(state))
+
+
 def _absolute(path: Any) -> str:
   """A local path made absolute (Orbax needs that); URLs stay as they are."""
   path = os.fspath(path)
@@ -112,7 +118,9 @@ class CheckpointSaverHook(Hook):
       is blocked only while the state is copied off the device.
     save_on_preemption: handle SIGTERM: save at the agreed step, wait, stop.
     save_on_exception: when the loop dies of an exception, save the last good
-      state (if finite and not already saved).
+      state (if finite and not already saved). A state donated to the failed
+      step call (``jax.jit(..., donate_argnums=0)``) is gone and cannot be
+      saved: the hook then says so and keeps the last checkpoint.
     on_nonfinite: a save of a state with NaN or inf is refused; ``"raise"``
       raises ``NonFiniteStateError``, ``"stop"`` logs and stops training.
     data_iterator: an iterator with ``get_state()``/``set_state(state)`` (as
@@ -352,7 +360,16 @@ class CheckpointSaverHook(Hook):
   def on_exception(self, session: Session, exc: BaseException) -> None:
     try:
       if self._save_on_exception and session.step != self.last_saved_step:
-        self._save(session, finite=None, metrics=None, failing=True)
+        if _donated(session.state):
+          kept = ("no checkpoint was written" if self.last_saved_step is None
+                  else f"the last checkpoint (step {self.last_saved_step}) "
+                  "is kept")
+          note = (f"the train state of step {session.step} was donated to "
+                  "the failed step call, so it cannot be saved; " + kept + ".")
+          log.error("While stopping on %s: %s", type(exc).__name__, note)
+          exc.add_note(f"jaxhooks: checkpoint not saved: {note}")
+        else:
+          self._save(session, finite=None, metrics=None, failing=True)
       self.wait_until_finished()
     except Exception as e:  # report, but keep the original exception
       log.error("While stopping on %s: %s", type(exc).__name__, e)

@@ -206,6 +206,35 @@ def test_exception_skips_the_final_save_unless_asked(tmp_path,
     np.testing.assert_array_equal(restored["w"], state["w"])
 
 
+_donating = jax.jit(dict_step.__wrapped__, donate_argnums=0)
+
+
+def _donate_then_fail(state, batch):
+  new_state, outputs = _donating(state, jnp.ones(2))
+  if batch is None:  # fails after its input state was donated
+    raise ValueError("bad batch")
+  return new_state, outputs
+
+
+def test_exception_after_donation_keeps_the_last_checkpoint(tmp_path, caplog):
+  caplog.set_level(logging.ERROR, logger="jaxhooks")
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=3,
+                                 save_on_exception=True)
+  step = jh.wrap(_donate_then_fail, hooks=[saver])
+  state = step.begin(dict_state())
+  for _ in range(4):
+    state, _, _ = step(state, jnp.ones(2))
+  with pytest.raises(ValueError, match="bad batch") as info:
+    step(state, None)
+  assert state["w"].is_deleted()
+  note = ("the train state of step 4 was donated to the failed step call, "
+          "so it cannot be saved; the last checkpoint (step 3) is kept.")
+  assert info.value.__notes__ == [f"jaxhooks: checkpoint not saved: {note}"]
+  assert [r.getMessage() for r in caplog.records] == [
+      f"While stopping on ValueError: {note}"]
+  assert on_disk(tmp_path) == [3] and saver.manager is None
+
+
 # -- restore ----------------------------------------------------------------
 
 
