@@ -66,7 +66,9 @@ class CheckpointSaverListener:
   def after_save(self, session: Session,
                  global_step_value: int) -> Optional[bool]:
     """Called once the save is started (async) or written (sync); return
-    ``True`` to stop training after this step."""
+    ``True`` to stop training after this step. In a multi-process job a
+    request made on some processes only is agreed by the coordinator at its
+    next check step."""
     return None
 
   def end(self, session: Session, global_step_value: int) -> None:
@@ -343,7 +345,9 @@ class CheckpointSaverHook(Hook):
       log.warning("Preemption notice (%s): saved step %d, stopping.",
                   self._notice.signal_name, step)
       run_context.request_stop(deterministic=True)  # an agreed step
-    if stop or not saved:
+    if not saved:  # non-finite: a global value, the same on every process
+      run_context.request_stop(deterministic=True)
+    if stop:  # a listener's decision may be host-local: agreed by coord
       run_context.request_stop()
     return None
 

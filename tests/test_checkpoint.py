@@ -168,11 +168,22 @@ def test_save_on_start_and_no_double_final_save(tmp_path):
                        ("before_save", 4, 4), ("after_save", 4), ("end", 4)]
 
 
+def _stop_requests(log):
+  """A hook that records (step, local) of each step's stop request."""
+  def after_run(ctx, values):
+    if ctx.stop_requested:
+      log.append((ctx.step, ctx.local_stop_requested))
+  return jh.LambdaHook(after_run=after_run)
+
+
 def test_listener_after_save_requests_stop(tmp_path):
+  requests = []
   state, step = train([jh.StopAtStepHook(last_step=100),
                        jh.CheckpointSaverHook(tmp_path, save_steps=3,
-                                              listeners=[Recorder(6)])])
+                                              listeners=[Recorder(6)]),
+                       _stop_requests(requests)])
   assert step.step == 6 and on_disk(tmp_path) == [3, 6]
+  assert requests == [(6, True)]  # a listener may decide on one host only
 
 
 def test_stop_iteration_ends_with_a_final_save(tmp_path):
@@ -434,11 +445,14 @@ def test_non_finite_state_is_never_written(tmp_path):
 
 def test_non_finite_state_can_stop_instead(tmp_path, caplog):
   caplog.set_level(logging.ERROR, logger="jaxhooks")
+  requests = []
   final, step = train([jh.StopAtStepHook(last_step=9),
                        jh.CheckpointSaverHook(tmp_path, save_steps=1,
-                                              on_nonfinite="stop")],
+                                              on_nonfinite="stop"),
+                       _stop_requests(requests)],
                       train_step=jax.jit(_nan_at_3))
   assert step.step == 3 and on_disk(tmp_path) == [1, 2]
+  assert requests == [(3, False)]  # the same on every process
   assert [r.getMessage() for r in caplog.records] == [
       "Not saving the non-finite train state of step 3; the last checkpoint "
       "(step 2) is kept."] * 2  # in after_run, and the final save in end
