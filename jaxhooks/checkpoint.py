@@ -404,7 +404,11 @@ class CheckpointSaverHook(Hook):
       finite = bool(jax.device_get(cio.all_finite(session.state)))
     if not finite:
       if self._on_nonfinite == "raise" and not failing:
-        raise NonFiniteStateError(step, self.checkpoint_dir)
+        error = NonFiniteStateError(step, self.checkpoint_dir)
+        leaf = cio.first_nonfinite_leaf(session.state)
+        if leaf is not None:
+          error.add_note(f"The first non-finite leaf of the state is {leaf}.")
+        raise error
       log.error("Not saving the non-finite train state of step %d; the last "
                 "checkpoint (step %s) is kept.", step, self.last_saved_step)
       return False, False

@@ -34,7 +34,7 @@ from jaxhooks.errors import CheckpointError, CheckpointMismatchError
 __all__ = [
     "make_manager", "check_writable", "all_finite", "hook_states",
     "load_hook_states", "to_json", "from_json", "restore_checkpoint",
-    "data_filename",
+    "data_filename", "first_nonfinite_leaf",
 ]
 
 log = logging.getLogger("jaxhooks")
@@ -143,6 +143,33 @@ def all_finite(tree: Any) -> jax.Array:
     False
   """
   return _all_finite(tree)
+
+
+@jax.jit
+def _leaves_finite(leaves: List[Any]) -> jax.Array:
+  return jnp.stack([jnp.isfinite(jnp.max(jnp.abs(x))) for x in leaves])
+
+
+def first_nonfinite_leaf(tree: Any) -> Optional[str]:
+  """The path of the first float leaf of ``tree`` with NaN or inf, or
+  ``None``. For error messages only: it checks every leaf separately.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> first_nonfinite_leaf({"a": jnp.ones(2),
+    ...                       "b": {"c": jnp.array([1.0, jnp.inf])}})
+    "['b']['c']"
+    >>> first_nonfinite_leaf({"a": jnp.ones(2)}) is None
+    True
+  """
+  flat = [(path, x) for path, x in jax.tree_util.tree_leaves_with_path(tree)
+          if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+          and np.size(x) > 0]
+  if not flat:
+    return None
+  finite = jax.device_get(_leaves_finite([x for _, x in flat]))
+  bad = [path for (path, _), ok in zip(flat, finite) if not ok]
+  return jax.tree_util.keystr(bad[0]) if bad else None
 
 
 # -- JSON values ------------------------------------------------------------

@@ -438,8 +438,10 @@ def test_non_finite_state_is_never_written(tmp_path):
     state, _, _ = step(state, jnp.ones(2))
   with pytest.raises(jh.NonFiniteStateError,
                      match="Refusing to save a non-finite train state .* at "
-                           "step 3"):
+                           "step 3") as info:
     step(state, jnp.ones(2))
+  assert info.value.__notes__ == [
+      "The first non-finite leaf of the state is ['w']."]
   assert on_disk(tmp_path) == [] and os.listdir(tmp_path) == []
 
 
