@@ -66,7 +66,9 @@ class CheckpointSaverListener:
   def after_save(self, session: Session,
                  global_step_value: int) -> Optional[bool]:
     """Called once the save is started (async) or written (sync); return
-    ``True`` to stop training after this step."""
+    ``True`` to stop training after this step. In a multi-process job a
+    request made on some processes only is agreed by the coordinator at its
+    next check step."""
     return None
 
   def end(self, session: Session, global_step_value: int) -> None:
@@ -80,6 +82,12 @@ def _check_int(name: str, value: Any, minimum: int) -> Optional[int]:
     raise ValueError(f"`{name}` must be an int >= {minimum} or None, got "
                      f"{value!r}.")
   return value
+
+
+def _donated(state: Any) -> bool:
+  """True when an array of ``state`` was deleted (donated to a jitted call)."""
+  return any(isinstance(x, jax.Array) and x.is_deleted()
+             for x in jax.tree_util.tree_leaves(state))
 
 
 def _absolute(path: Any) -> str:
@@ -102,7 +110,8 @@ class CheckpointSaverHook(Hook):
     max_to_keep: how many checkpoints to keep (``None``: all).
     keep_period: also keep every checkpoint whose step is a multiple of this.
     best_metric: keep the ``max_to_keep`` best checkpoints by this output of
-      the step (read on save steps) instead of the latest ones.
+      the step (read on save steps) instead of the latest ones; the latest
+      checkpoint is always kept too, so that a restart resumes from it.
     best_mode: ``"min"`` or ``"max"`` for ``best_metric``.
     save_on_start: save the state training starts from (TF1 saved it in
       ``after_create_session``), unless that step is already on disk.
@@ -111,7 +120,9 @@ class CheckpointSaverHook(Hook):
       is blocked only while the state is copied off the device.
     save_on_preemption: handle SIGTERM: save at the agreed step, wait, stop.
     save_on_exception: when the loop dies of an exception, save the last good
-      state (if finite and not already saved).
+      state (if finite and not already saved). A state donated to the failed
+      step call (``jax.jit(..., donate_argnums=0)``) is gone and cannot be
+      saved: the hook then says so and keeps the last checkpoint.
     on_nonfinite: a save of a state with NaN or inf is refused; ``"raise"``
       raises ``NonFiniteStateError``, ``"stop"`` logs and stops training.
     data_iterator: an iterator with ``get_state()``/``set_state(state)`` (as
@@ -342,7 +353,9 @@ class CheckpointSaverHook(Hook):
       log.warning("Preemption notice (%s): saved step %d, stopping.",
                   self._notice.signal_name, step)
       run_context.request_stop(deterministic=True)  # an agreed step
-    if stop or not saved:
+    if not saved:  # non-finite: a global value, the same on every process
+      run_context.request_stop(deterministic=True)
+    if stop:  # a listener's decision may be host-local: agreed by coord
       run_context.request_stop()
     return None
 
@@ -359,7 +372,16 @@ class CheckpointSaverHook(Hook):
   def on_exception(self, session: Session, exc: BaseException) -> None:
     try:
       if self._save_on_exception and session.step != self.last_saved_step:
-        self._save(session, finite=None, metrics=None, failing=True)
+        if _donated(session.state):
+          kept = ("no checkpoint was written" if self.last_saved_step is None
+                  else f"the last checkpoint (step {self.last_saved_step}) "
+                  "is kept")
+          note = (f"the train state of step {session.step} was donated to "
+                  "the failed step call, so it cannot be saved; " + kept + ".")
+          log.error("While stopping on %s: %s", type(exc).__name__, note)
+          exc.add_note(f"jaxhooks: checkpoint not saved: {note}")
+        else:
+          self._save(session, finite=None, metrics=None, failing=True)
       self.wait_until_finished()
     except Exception as e:  # report, but keep the original exception
       log.error("While stopping on %s: %s", type(exc).__name__, e)
@@ -390,7 +412,11 @@ class CheckpointSaverHook(Hook):
       finite = bool(jax.device_get(cio.all_finite(session.state)))
     if not finite:
       if self._on_nonfinite == "raise" and not failing:
-        raise NonFiniteStateError(step, self.checkpoint_dir)
+        error = NonFiniteStateError(step, self.checkpoint_dir)
+        leaf = cio.first_nonfinite_leaf(session.state)
+        if leaf is not None:
+          error.add_note(f"The first non-finite leaf of the state is {leaf}.")
+        raise error
       log.error("Not saving the non-finite train state of step %d; the last "
                 "checkpoint (step %s) is kept.", step, self.last_saved_step)
       return False, False

@@ -4,8 +4,13 @@ A checkpoint step directory holds up to three Orbax items::
 
   <checkpoint_dir>/<step>/state   the train state (StandardCheckpointHandler)
   <checkpoint_dir>/<step>/hooks   {"StopAtStepHook:0": {...}, ...} (JSON)
-  <checkpoint_dir>/<step>/data    the data iterator's position (JSON)
+  <checkpoint_dir>/<step>/data    the data iterator's position (JSON), one
+                                  file per process: ``metadata`` for
+                                  process 0, ``metadata.process_<i>`` for
+                                  process i
 
+Every process saves and restores its own data position; the train state and
+the hook states are shared.
 Hook states are keyed by class name and the hook's position among the hooks
 of that class, so adding or removing hooks of other classes (or running the
 logging hooks on process 0 only) does not shift the keys.
@@ -29,6 +34,7 @@ from jaxhooks.errors import CheckpointError, CheckpointMismatchError
 __all__ = [
     "make_manager", "check_writable", "all_finite", "hook_states",
     "load_hook_states", "to_json", "from_json", "restore_checkpoint",
+    "data_filename", "first_nonfinite_leaf",
 ]
 
 log = logging.getLogger("jaxhooks")
@@ -41,24 +47,57 @@ def make_manager(directory: str, *, max_to_keep: Optional[int],
                  keep_period: Optional[int], best_metric: Optional[str],
                  best_mode: str, async_save: bool,
                  read_only: bool = False) -> ocp.CheckpointManager:
-  """An Orbax ``CheckpointManager`` for the three jaxhooks items."""
+  """An Orbax ``CheckpointManager`` for the three jaxhooks items.
+
+  Retention keeps the union of: the ``max_to_keep`` latest checkpoints (or,
+  with ``best_metric``, the ``max_to_keep`` best ones and the latest one,
+  from which a restart resumes), and every step that is a multiple of
+  ``keep_period``.
+  """
+  keep = ocp.checkpoint_managers.preservation_policy
   best_fn = None
+  policies = []
   if best_metric is not None:
     best_fn = lambda metrics: float(metrics[best_metric])  # noqa: E731
+    policies += [keep.LatestN(n=1), keep.BestN(
+        get_metric_fn=best_fn, reverse=best_mode == "min", n=max_to_keep,
+        keep_checkpoints_without_metrics=True)]
+  else:
+    policies.append(keep.LatestN(n=max_to_keep))
+  if keep_period is not None:
+    policies.append(keep.EveryNSteps(keep_period))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, keep_period=keep_period, best_fn=best_fn,
-      best_mode=best_mode, keep_checkpoints_without_metrics=True,
+      best_fn=best_fn, best_mode=best_mode,
+      preservation_policy=keep.AnyPreservationPolicy(policies),
       create=not read_only, cleanup_tmp_directories=not read_only,
       read_only=read_only,
       enable_async_checkpointing=async_save,
       # Create the step directory before save() returns: a directory that
       # cannot be made fails that save at once instead of in the background.
       async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+  # Every process writes (primary_host=None) and reads its own data file.
   handlers = {STATE: ocp.StandardCheckpointHandler(),
               HOOKS: ocp.JsonCheckpointHandler(),
-              DATA: ocp.JsonCheckpointHandler()}
+              DATA: ocp.JsonCheckpointHandler(
+                  data_filename(jax.process_index()),
+                  multiprocessing_options=ocp.options.MultiprocessingOptions(
+                      primary_host=None))}
   return ocp.CheckpointManager(directory, options=options,
                                item_handlers=handlers)
+
+
+def data_filename(process_index: int) -> str:
+  """The file of a process's data position in the ``data`` item.
+
+  Process 0 uses the name of a single-process checkpoint.
+
+  Example:
+    >>> data_filename(0), data_filename(3)
+    ('metadata', 'metadata.process_3')
+  """
+  if process_index == 0:
+    return "metadata"
+  return f"metadata.process_{process_index}"
 
 
 def check_writable(directory: str, process_index: int = 0) -> None:
@@ -104,6 +143,33 @@ def all_finite(tree: Any) -> jax.Array:
     False
   """
   return _all_finite(tree)
+
+
+@jax.jit
+def _leaves_finite(leaves: List[Any]) -> jax.Array:
+  return jnp.stack([jnp.isfinite(jnp.max(jnp.abs(x))) for x in leaves])
+
+
+def first_nonfinite_leaf(tree: Any) -> Optional[str]:
+  """The path of the first float leaf of ``tree`` with NaN or inf, or
+  ``None``. For error messages only: it checks every leaf separately.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> first_nonfinite_leaf({"a": jnp.ones(2),
+    ...                       "b": {"c": jnp.array([1.0, jnp.inf])}})
+    "['b']['c']"
+    >>> first_nonfinite_leaf({"a": jnp.ones(2)}) is None
+    True
+  """
+  flat = [(path, x) for path, x in jax.tree_util.tree_leaves_with_path(tree)
+          if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+          and np.size(x) > 0]
+  if not flat:
+    return None
+  finite = jax.device_get(_leaves_finite([x for _, x in flat]))
+  bad = [path for (path, _), ok in zip(flat, finite) if not ok]
+  return jax.tree_util.keystr(bad[0]) if bad else None
 
 
 # -- JSON values ------------------------------------------------------------
@@ -262,8 +328,13 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any,
     raise CheckpointMismatchError(
         f"The checkpoint of step {step} in {where!r} does not match the "
         f"structure of `state`: {shown}.")
-  has_data = with_data and DATA in metadata and (
-      manager.directory / str(step) / DATA).exists()
+  data_dir = manager.directory / str(step) / DATA
+  data_file = data_dir / data_filename(jax.process_index())
+  has_data = with_data and DATA in metadata and data_file.exists()
+  if with_data and not has_data and data_dir.exists():
+    log.warning("The checkpoint of step %d holds no data position of process "
+                "%d (no %s); the data iterator is not restored.", step,
+                jax.process_index(), data_file)
   args = {STATE: ocp.args.StandardRestore(
       jax.tree_util.tree_map(_abstract, state)),
           HOOKS: ocp.args.JsonRestore()}

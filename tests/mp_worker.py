@@ -223,6 +223,46 @@ def scenario_ckpt(out, ckpt_dir, last_step, sigterm_at=None):
              reasons=list(coord.stop_reasons))
 
 
+class Stream:
+  """Process i's data stream: it moves i + 1 items per batch, so the two
+  processes are at different positions."""
+
+  def __init__(self):
+    self.position = 0
+
+  def __next__(self):
+    self.position += jax.process_index() + 1
+    return self.position
+
+  def get_state(self):
+    return {"position": self.position}
+
+  def set_state(self, state):
+    self.position = state["position"]
+
+
+def scenario_data(out, ckpt_dir):
+  """A session runs to step 6 (saves 4 and 6); a second one restores step 6
+  and runs to 8. Each process must get its own data position back."""
+  state, train_step, batch_for = make_job()
+  positions = []
+  for last_step in (6, 8):
+    stream = Stream()
+    saver = jh.CheckpointSaverHook(ckpt_dir, save_steps=4,
+                                   data_iterator=stream)
+    step = jh.wrap(train_step, hooks=[jh.StopAtStepHook(last_step=last_step),
+                                      saver])
+    resumed = step.begin(state)
+    restored = stream.position
+    stop = step.should_stop
+    while not stop:
+      next(stream)
+      resumed, _, stop = step(resumed, batch_for(step.step + 1))
+    step.end(resumed)
+    positions.append([saver.restored_step, restored, stream.position])
+  out.update(positions=positions)
+
+
 def write(out):
   path = os.path.join(out["dir"], f"result-{out['process']}.json")
   with open(path + ".tmp", "w") as f:

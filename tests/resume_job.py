@@ -3,15 +3,18 @@
 Usage::
 
   python tests/resume_job.py CKPT_DIR OUT_NPZ [--die-at STEP --die-how HOW]
+      [--pause-at STEP] [--hold]
 
-Trains a tiny Flax MLP with Adam for 20 steps on data drawn from a seekable
-iterator, checkpointing every 4 steps (async), and writes the final params,
-optimizer state, step and data position to OUT_NPZ. Prints ``step N`` after
-each step and ``saved N`` after each save starts. ``--die-at`` makes the
-process SIGKILL itself: ``after_step`` right after step N ran, ``mid_save``
-while the save of step N is being written. ``--pause-at N`` prints
-``paused N`` after step N and waits for a line on stdin (the test sends
-SIGTERM meanwhile).
+Trains a tiny Flax MLP with Adam for 22 steps on data drawn from a seekable
+iterator, checkpointing every 4 steps (async) and at the end (step 22, in
+``end()``), and writes the final params, optimizer state, step and data
+position to OUT_NPZ. Prints ``step N`` after each step and ``saved N`` after
+each save starts. ``--die-at`` makes the process SIGKILL itself:
+``after_step`` right after step N ran, ``mid_save`` while the save of step N
+is being written. ``--pause-at N`` prints ``paused N`` after step N and waits
+for a line on stdin (the test sends SIGTERM meanwhile). ``--hold`` prints
+``holding`` at the very end and waits for a line on stdin before exiting (a
+test that kills the process from outside is then sure to find it alive).
 """
 
 import argparse
@@ -29,7 +32,7 @@ from flax.training import train_state
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import jaxhooks as jh  # noqa: E402
 
-LAST_STEP = 20
+LAST_STEP = 22  # not a multiple of SAVE_STEPS: end() saves
 SAVE_STEPS = 4
 
 
@@ -92,6 +95,7 @@ def main():
   parser.add_argument("--die-how", choices=["after_step", "mid_save"],
                       default="after_step")
   parser.add_argument("--pause-at", type=int, default=None)
+  parser.add_argument("--hold", action="store_true")
   args = parser.parse_args()
 
   model = Mlp()
@@ -124,6 +128,9 @@ def main():
   np.savez(args.out, step=np.asarray(state.step), position=batches.position,
            **arrays)
   print(f"done {step.step} stop_reasons={step.coord.stop_reasons}", flush=True)
+  if args.hold:
+    print("holding", flush=True)
+    sys.stdin.readline()
 
 
 if __name__ == "__main__":

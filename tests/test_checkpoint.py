@@ -109,13 +109,37 @@ def test_max_to_keep_and_keep_period(tmp_path):
   assert on_disk(tmp_path / "b") == [4, 8, 9, 10]
 
 
-def test_best_metric_keeps_the_lowest_loss(tmp_path):
+def test_best_metric_keeps_the_lowest_loss_and_the_latest(tmp_path):
   # loss(s) = (1 - s/10)^2 + (2 - s/10)^2 is lowest at s = 15; of the saved
-  # steps 4, 8, ..., 28, 30: 12 (0.68) and 16 (0.52) are the best two.
+  # steps 4, 8, ..., 28, 30: 12 (0.68) and 16 (0.52) are the best two, and
+  # 30 is the latest.
   train([jh.StopAtStepHook(last_step=30),
          jh.CheckpointSaverHook(tmp_path, save_steps=4, max_to_keep=2,
                                 best_metric="loss")])
-  assert on_disk(tmp_path) == [12, 16]
+  assert on_disk(tmp_path) == [12, 16, 30]
+
+
+def test_best_metric_keeps_a_preemption_save_and_resumes_from_it(tmp_path):
+  # SIGTERM after step 25: step 26 (loss 2.92, worse than every kept one) is
+  # saved; it is the latest, so it stays and the restart resumes from it.
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=4, max_to_keep=1,
+                                 best_metric="loss", keep_period=20)
+  step = jh.wrap(dict_step, hooks=[saver])
+  state = step.begin(dict_state())
+  stop = False
+  while not stop:
+    state, _, stop = step(state, jnp.ones(2))
+    if step.step == 25:
+      os.kill(os.getpid(), signal.SIGTERM)
+  step.end(state)
+  assert step.step == 26 and on_disk(tmp_path) == [16, 20, 26]
+  resumed = jh.CheckpointSaverHook(tmp_path, save_steps=4, max_to_keep=1,
+                                   best_metric="loss", keep_period=20)
+  final, step = train([jh.StopAtStepHook(last_step=30), resumed])
+  assert resumed.restored_step == 26 and step.step == 30
+  assert on_disk(tmp_path) == [16, 20, 30]
+  whole, _ = train([jh.StopAtStepHook(last_step=30)])
+  assert final["w"].tobytes() == whole["w"].tobytes()
 
 
 def test_save_secs_with_a_fake_clock(tmp_path):
@@ -144,11 +168,22 @@ def test_save_on_start_and_no_double_final_save(tmp_path):
                        ("before_save", 4, 4), ("after_save", 4), ("end", 4)]
 
 
+def _stop_requests(log):
+  """A hook that records (step, local) of each step's stop request."""
+  def after_run(ctx, values):
+    if ctx.stop_requested:
+      log.append((ctx.step, ctx.local_stop_requested))
+  return jh.LambdaHook(after_run=after_run)
+
+
 def test_listener_after_save_requests_stop(tmp_path):
+  requests = []
   state, step = train([jh.StopAtStepHook(last_step=100),
                        jh.CheckpointSaverHook(tmp_path, save_steps=3,
-                                              listeners=[Recorder(6)])])
+                                              listeners=[Recorder(6)]),
+                       _stop_requests(requests)])
   assert step.step == 6 and on_disk(tmp_path) == [3, 6]
+  assert requests == [(6, True)]  # a listener may decide on one host only
 
 
 def test_stop_iteration_ends_with_a_final_save(tmp_path):
@@ -180,6 +215,35 @@ def test_exception_skips_the_final_save_unless_asked(tmp_path,
     restored, _ = train([jh.StopAtStepHook(last_step=4),
                          jh.CheckpointSaverHook(tmp_path)])
     np.testing.assert_array_equal(restored["w"], state["w"])
+
+
+_donating = jax.jit(dict_step.__wrapped__, donate_argnums=0)
+
+
+def _donate_then_fail(state, batch):
+  new_state, outputs = _donating(state, jnp.ones(2))
+  if batch is None:  # fails after its input state was donated
+    raise ValueError("bad batch")
+  return new_state, outputs
+
+
+def test_exception_after_donation_keeps_the_last_checkpoint(tmp_path, caplog):
+  caplog.set_level(logging.ERROR, logger="jaxhooks")
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=3,
+                                 save_on_exception=True)
+  step = jh.wrap(_donate_then_fail, hooks=[saver])
+  state = step.begin(dict_state())
+  for _ in range(4):
+    state, _, _ = step(state, jnp.ones(2))
+  with pytest.raises(ValueError, match="bad batch") as info:
+    step(state, None)
+  assert state["w"].is_deleted()
+  note = ("the train state of step 4 was donated to the failed step call, "
+          "so it cannot be saved; the last checkpoint (step 3) is kept.")
+  assert info.value.__notes__ == [f"jaxhooks: checkpoint not saved: {note}"]
+  assert [r.getMessage() for r in caplog.records] == [
+      f"While stopping on ValueError: {note}"]
+  assert on_disk(tmp_path) == [3] and saver.manager is None
 
 
 # -- restore ----------------------------------------------------------------
@@ -259,6 +323,25 @@ def test_data_position_is_saved_and_restored(tmp_path, as_pair):
   it3 = Seekable()
   whole, _ = train([jh.StopAtStepHook(last_step=6)], batches=it3)
   np.testing.assert_array_equal(final["w"], whole["w"])
+
+
+def test_data_position_of_another_process_is_not_restored(tmp_path, caplog):
+  caplog.set_level(logging.WARNING, logger="jaxhooks")
+  it = Seekable()
+  train([jh.StopAtStepHook(last_step=2),
+         jh.CheckpointSaverHook(tmp_path, data_iterator=it)], batches=it)
+  assert saved_json(tmp_path, 2, "data") == {
+      "position": 2, "tag": {"__bytes_b64__": "AP8="}}
+  data = tmp_path / "2" / "data"
+  os.rename(data / "metadata", data / "metadata.process_1")
+  it2 = Seekable()
+  saver = jh.CheckpointSaverHook(tmp_path, data_iterator=it2)
+  step = jh.wrap(dict_step, hooks=[saver])
+  step.end(step.begin(dict_state()))
+  assert saver.restored_step == 2 and it2.position == 0
+  assert [r.getMessage() for r in caplog.records] == [
+      "The checkpoint of step 2 holds no data position of process 0 (no "
+      f"{data / 'metadata'}); the data iterator is not restored."]
 
 
 # -- preemption -------------------------------------------------------------
@@ -359,18 +442,23 @@ def test_non_finite_state_is_never_written(tmp_path):
     state, _, _ = step(state, jnp.ones(2))
   with pytest.raises(jh.NonFiniteStateError,
                      match="Refusing to save a non-finite train state .* at "
-                           "step 3"):
+                           "step 3") as info:
     step(state, jnp.ones(2))
+  assert info.value.__notes__ == [
+      "The first non-finite leaf of the state is ['w']."]
   assert on_disk(tmp_path) == [] and os.listdir(tmp_path) == []
 
 
 def test_non_finite_state_can_stop_instead(tmp_path, caplog):
   caplog.set_level(logging.ERROR, logger="jaxhooks")
+  requests = []
   final, step = train([jh.StopAtStepHook(last_step=9),
                        jh.CheckpointSaverHook(tmp_path, save_steps=1,
-                                              on_nonfinite="stop")],
+                                              on_nonfinite="stop"),
+                       _stop_requests(requests)],
                       train_step=jax.jit(_nan_at_3))
   assert step.step == 3 and on_disk(tmp_path) == [1, 2]
+  assert requests == [(3, False)]  # the same on every process
   assert [r.getMessage() for r in caplog.records] == [
       "Not saving the non-finite train state of step 3; the last checkpoint "
       "(step 2) is kept."] * 2  # in after_run, and the final save in end

@@ -2,12 +2,14 @@
 train state sharded over all 4 devices. Every test bounds its time and
 kills what it started."""
 
+import contextlib
 import json
 import os
 import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -22,23 +24,35 @@ def _free_port():
 
 
 def spawn(commands, *, timeout=120):
-  """Runs one command per process; returns (return codes, outputs). Kills
-  whatever is still running at the deadline."""
+  """Runs one command per process; returns (return codes, outputs). The
+  outputs go to files, so that no process blocks on a full pipe while the
+  others wait for it; whatever still runs at the deadline is killed."""
   env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
-  procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-           for cmd in commands]
-  deadline = time.monotonic() + timeout
-  try:
+  with contextlib.ExitStack() as stack:
+    logs = [stack.enter_context(tempfile.TemporaryFile("w+"))
+            for _ in commands]
+    procs = []
+    try:
+      for cmd, log in zip(commands, logs):
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, text=True))
+      deadline = time.monotonic() + timeout
+      for p in procs:
+        try:
+          p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+          break
+    finally:
+      killed = [p.poll() is None for p in procs]
+      for p, kill in zip(procs, killed):
+        if kill:
+          p.kill()
+          p.wait(timeout=30)
     outs = []
-    for p in procs:
-      out, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
-      outs.append(out)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+    for log, kill in zip(logs, killed):
+      log.seek(0)
+      outs.append(log.read() + (f"\n[killed at the {timeout} s deadline]"
+                                if kill else ""))
   return [p.returncode for p in procs], outs
 
 
@@ -135,6 +149,19 @@ def test_sigterm_on_one_process_saves_the_same_step_on_both(tmp_path):
   assert second[0]["steps"] == list(range(11, 31))
   straight = run_job("ckpt", tmp_path, tmp_path / "straight", 30)
   assert second[0]["w"] == second[1]["w"] == straight[0]["w"]
+
+
+def test_each_process_saves_and_restores_its_own_data_position(tmp_path):
+  ckpt = tmp_path / "ckpt"
+  r = run_job("data", tmp_path, ckpt)
+  # [restored step, position after restore, final position] per session;
+  # process 1 reads 2 items per step.
+  assert r[0]["positions"] == [[None, 0, 6], [6, 6, 8]]
+  assert r[1]["positions"] == [[None, 0, 12], [6, 12, 16]]
+  files = {f.name: json.loads(f.read_text())
+           for f in (ckpt / "8" / "data").glob("metadata*")}
+  assert files == {"metadata": {"position": 8},
+                   "metadata.process_1": {"position": 16}}
 
 
 def test_multiprocess_digits_example_trains_and_resumes(tmp_path):
