@@ -130,8 +130,9 @@ class HookedStep:
     self._readers: Tuple[Callable, ...] = ()
     self._values: tuple = ()
     self._horizon: Any = 0        # no hook is called on calls ending before
-    self._every_call = True       # some hook wants every call
-    self._lagged = None           # (ctx, [(hook index, device values)])
+    self._each_call: Tuple[Hook, ...] = ()   # hooks run on every call
+    self._full_next = True        # the next call runs every hook
+    self._lagged = None           # (ctx, [(hook, device values)])
 
   # -- lifecycle ------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class HookedStep:
     for hook in self.hooks:
       hook.after_create_session(session, self.coord)
     self._plan(self._step)
-    self._every_call = True  # the first call runs every hook
+    self._full_next = True  # the first call runs every hook
     return state
 
   def _build_program(self) -> None:
@@ -223,14 +224,15 @@ class HookedStep:
     start, outputs = self._step, self._outputs
     try:
       n = self._chunk(start)
-      if (start + n < self._horizon and not self._every_call
-          and not coord.awake):
-        # No hook acts on this call: dispatch and count, nothing else.
-        new_state, new_outputs = self._dispatch(state, batch, n)
-        self._step = start + n
-        self._state, self._outputs = new_state, new_outputs
-        return new_state, new_outputs, False
-      return self._run(state, batch, n)
+      if start + n >= self._horizon or self._full_next or coord.awake:
+        return self._run(state, batch, n, self.hooks)
+      if self._each_call:
+        return self._run(state, batch, n, self._each_call)
+      # No hook acts on this call: dispatch and count, nothing else.
+      new_state, new_outputs = self._dispatch(state, batch, n)
+      self._step = start + n
+      self._state, self._outputs = new_state, new_outputs
+      return new_state, new_outputs, False
     except StopIteration:
       self._phase = _STOPPED
       self._state, self._step, self._outputs = state, start, outputs
@@ -255,7 +257,8 @@ class HookedStep:
         state, batch, self._values, n)
     return new_state, outputs
 
-  def _run(self, state: Any, batch: Any, n: int) -> Tuple[Any, Any, bool]:
+  def _run(self, state: Any, batch: Any, n: int,
+           hooks: Sequence[Hook]) -> Tuple[Any, Any, bool]:
     start = self._step
     step = start + n
     coord = self.coord
@@ -263,7 +266,6 @@ class HookedStep:
     if check and step % check == 0:
       coord.check(step)
     ctx = RunContext(RunArgs(), self.session(), step, start)
-    hooks = self.hooks
     requests = [h.before_run(ctx) for h in hooks]
     feeds = [r.feed_dict for r in requests
              if r is not None and r.feed_dict is not None]
@@ -288,7 +290,7 @@ class HookedStep:
     if lag:
       device = fetch.device_fetches([requests[i].fetches for i in lag],
                                     new_state, outputs, self._step_fn)
-      self._lagged = (ctx, list(zip(lag, device)))
+      self._lagged = (ctx, [(hooks[i], d) for i, d in zip(lag, device)])
     self._step = step
     self._state = new_state
     self._outputs = outputs
@@ -305,8 +307,10 @@ class HookedStep:
     stop = coord.should_stop()
     if stop:
       self._phase = _STOPPED
-    else:
+    elif hooks is self.hooks:
       self._plan(step)
+    else:
+      self._full_next = self._lagged is not None
     return new_state, outputs, stop
 
   def _read(self, fetches: List[Any], state: Any, outputs: Any, step: int,
@@ -334,8 +338,8 @@ class HookedStep:
 
   def _after_lagged(self, ctx: RunContext, entries: Sequence[Any],
                     values: Sequence[Any]) -> None:
-    for (i, _), res in zip(entries, values):
-      if self.hooks[i].after_run(ctx, RunValues(results=res, step=ctx.step)):
+    for (hook, _), res in zip(entries, values):
+      if hook.after_run(ctx, RunValues(results=res, step=ctx.step)):
         ctx.request_stop()
     if ctx.stop_requested:
       self.coord.request_stop(f"a hook requested stop at step {ctx.step}")
@@ -349,17 +353,18 @@ class HookedStep:
 
   def _plan(self, step: int) -> None:
     """After a call that ran hooks: the step before which calls run none."""
-    horizon, every_call = math.inf, self._lagged is not None
+    horizon, each_call = math.inf, []
     for hook in self.hooks:
       nxt = hook.next_step_of_interest(step)
       if nxt is None:
-        every_call = True
+        each_call.append(hook)
       elif nxt < horizon:
         horizon = nxt
     check = self._check_every
     if check:
       horizon = min(horizon, (step // check + 1) * check)
-    self._horizon, self._every_call = horizon, every_call
+    self._horizon, self._each_call = horizon, tuple(each_call)
+    self._full_next = self._lagged is not None
     self.coord.awake = False
 
   def end(self, state: Any = None) -> Any:

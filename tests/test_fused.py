@@ -150,17 +150,21 @@ def test_fused_argument_errors():
 
 def test_calls_before_the_next_step_of_interest_run_no_hook():
   every = Every(5)
-  log = []
+  log, feeds = [], []
+
+  def feed():   # a FeedFnHook has no step of its own: it runs on every call
+    feeds.append(len(feeds))
+    return DATA[len(feeds) - 1]
   step = jh.wrap(train_step, hooks=[
-      every, jh.StopAtStepHook(last_step=12),
+      every, jh.StopAtStepHook(last_step=12), jh.FeedFnHook(feed),
       jh.LambdaHook(end=lambda session: log.append(session.step))])
   state = step.begin(init())
   while not step.should_stop:
-    state, _, _ = step(state, DATA[step.step])
+    state, _, _ = step(state)
   step.end(state)
   # The first call runs every hook; then only 5, 10 and the stop step 12.
   assert every.calls == [(0, 1), (4, 5), (9, 10), (11, 12)]
-  assert log == [12]
+  assert feeds == list(range(12)) and log == [12]
 
 
 class LaggedRecorder(jh.SessionRunHook):

@@ -51,6 +51,29 @@ def test_non_trigger_steps_return_before_the_device_finishes():
                    7: False, 8: True}
 
 
+def test_the_standard_hook_set_waits_for_the_device_only_on_its_steps(
+    tmp_path):
+  # Stop, logging and step rate every 4 steps, the NaN check, async
+  # checkpoints every 8 steps: only steps 1 (the rate's baseline), 4 and 8
+  # wait for the device.
+  hooks = [jh.StopAtStepHook(last_step=10),
+           jh.LoggingTensorHook(["loss"], every_n_iter=4),
+           jh.StepCounterHook(every_n_steps=4), jh.NanTensorHook("loss"),
+           jh.CheckpointSaverHook(tmp_path, save_steps=8)]
+  step = jh.wrap(slow_step, hooks=hooks)
+  state = step.begin(_state())
+  state, outputs, _ = step(state, 0.0)      # compiles
+  jax.block_until_ready(outputs)
+  ready = {}
+  stop = False
+  while not stop:
+    state, outputs, stop = step(state, 0.0)
+    ready[step.step] = outputs["m"].is_ready()
+  step.end(state)
+  assert ready == {2: False, 3: False, 4: True, 5: False, 6: False,
+                   7: False, 8: True, 9: False, 10: False}
+
+
 def test_device_reads_happen_only_on_trigger_steps(monkeypatch):
   reads = []
   real = jax.device_get
