@@ -45,7 +45,7 @@ here, so a TF1 hook ports by changing its imports.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple, Union
 
 __all__ = [
     "Hook",
@@ -353,6 +353,20 @@ class Hook:
 
   def load_state_dict(self, state: dict) -> None:
     """Restores what ``state_dict`` returned."""
+
+
+def check_hooks(hooks: Iterable[Any]) -> Tuple[Hook, ...]:
+  """``hooks`` as a tuple; ``TypeError`` for anything that is not a hook."""
+  if isinstance(hooks, Hook):
+    raise TypeError(
+        f"`hooks` must be a sequence of hooks, got a single {hooks!r}; "
+        "wrap it in a list.")
+  hooks = tuple(hooks)
+  for i, h in enumerate(hooks):
+    if not isinstance(h, Hook):
+      raise TypeError(
+          f"`hooks[{i}]` must be a jaxhooks.SessionRunHook, got {h!r}.")
+  return hooks
 
 
 # TensorFlow's names.

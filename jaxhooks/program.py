@@ -18,6 +18,7 @@ a call cut short (to end at a trigger step) compiles nothing new.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import jax
@@ -26,7 +27,7 @@ import numpy as np
 
 from jaxhooks.hook import DeviceMonitor
 
-__all__ = ["StepProgram", "donates_state"]
+__all__ = ["StepProgram", "donates_state", "merge_feeds"]
 
 
 def donates_state(train_step: Any) -> bool:
@@ -43,6 +44,26 @@ def check_step_result(result: Any) -> None:
            else type(result).__name__)
     raise TypeError(
         "`train_step` must return `(state, outputs)`, got " + got + ".")
+
+
+def merge_feeds(batch: Any, feeds: List[Any]) -> Any:
+  """The batch of a step: the call's batch merged with hooks' feed_dicts."""
+  for feed in feeds:
+    if batch is None:
+      batch = feed
+    elif isinstance(batch, Mapping) and isinstance(feed, Mapping):
+      both = set(batch) & set(feed)
+      if both:
+        raise ValueError(
+            f"`feed_dict` keys {sorted(map(str, both))} are fed twice (by the "
+            "call's batch or another hook).")
+      batch = {**batch, **feed}
+    else:
+      raise TypeError(
+          "A hook's `feed_dict` can only be merged into a dict batch or "
+          f"replace a missing one; got batch {type(batch).__name__} and "
+          f"feed_dict {type(feed).__name__}.")
+  return batch
 
 
 def _leading(batch: Any) -> List[int]:

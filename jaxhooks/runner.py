@@ -19,55 +19,23 @@ Per call::
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 
-from jaxhooks import fetch
+from jaxhooks import fetch, lag
 from jaxhooks.coord import Coordinator
 from jaxhooks.distributed import default_coordinator
 from jaxhooks.errors import LifecycleError, StepMismatchError
-from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues, Session
-from jaxhooks.program import StepProgram, check_step_result, donates_state
+from jaxhooks.hook import (Hook, RunArgs, RunContext, RunValues, Session,
+                           check_hooks)
+from jaxhooks.program import (StepProgram, check_step_result, donates_state,
+                              merge_feeds)
+from jaxhooks.schedule import ALL, NONE, Schedule
 
 __all__ = ["wrap", "HookedStep"]
 
 _NEW, _RUNNING, _STOPPED, _FAILED, _ENDED = range(5)
-
-
-def _check_hooks(hooks: Iterable[Any]) -> Tuple[Hook, ...]:
-  if isinstance(hooks, Hook):
-    raise TypeError(
-        f"`hooks` must be a sequence of hooks, got a single {hooks!r}; "
-        "wrap it in a list.")
-  hooks = tuple(hooks)
-  for i, h in enumerate(hooks):
-    if not isinstance(h, Hook):
-      raise TypeError(
-          f"`hooks[{i}]` must be a jaxhooks.SessionRunHook, got {h!r}.")
-  return hooks
-
-
-def _merge_feeds(batch: Any, feeds: List[Any]) -> Any:
-  """The batch of a step: the call's batch merged with hooks' feed_dicts."""
-  for feed in feeds:
-    if batch is None:
-      batch = feed
-    elif isinstance(batch, Mapping) and isinstance(feed, Mapping):
-      both = set(batch) & set(feed)
-      if both:
-        raise ValueError(
-            f"`feed_dict` keys {sorted(map(str, both))} are fed twice (by the "
-            "call's batch or another hook).")
-      batch = {**batch, **feed}
-    else:
-      raise TypeError(
-          "A hook's `feed_dict` can only be merged into a dict batch or "
-          f"replace a missing one; got batch {type(batch).__name__} and "
-          f"feed_dict {type(feed).__name__}.")
-  return batch
 
 
 class HookedStep:
@@ -118,20 +86,17 @@ class HookedStep:
                     else bool(donate_state))
     self.coord = coord or default_coordinator()
     # Hooks that only write for people (logs, summaries) run on process 0.
-    self.hooks = tuple(h for h in _check_hooks(hooks)
+    self.hooks = tuple(h for h in check_hooks(hooks)
                        if self.coord.is_primary or not h.primary_only)
     self._phase = _NEW
     self._step = 0
     self._state = None
     self._outputs = None
     self._checked_outputs = False
-    self._check_every = None
     self._program: Optional[StepProgram] = None
     self._readers: Tuple[Callable, ...] = ()
     self._values: tuple = ()
-    self._horizon: Any = 0        # no hook is called on calls ending before
-    self._each_call: Tuple[Hook, ...] = ()   # hooks run on every call
-    self._full_next = True        # the next call runs every hook
+    self._plan = Schedule(steps_per_call=steps_per_call, check_every=None)
     self._lagged = None           # (ctx, [(hook, device values)])
 
   # -- lifecycle ------------------------------------------------------------
@@ -157,7 +122,7 @@ class HookedStep:
   @property
   def steps_next_call(self) -> int:
     """How many steps the next call runs (its stacked batch's rows)."""
-    return self._chunk(self._step)
+    return self._plan.chunk(self._step)
 
   def session(self) -> Session:
     """An immutable view of the session now."""
@@ -185,13 +150,13 @@ class HookedStep:
     self._state = state
     self._phase = _RUNNING
     self.coord.bind(self.hooks)
-    self._check_every = self.coord.check_every_n_steps
+    self._plan.check_every = self.coord.check_every_n_steps
     self._build_program()
     session = self.session()
     for hook in self.hooks:
       hook.after_create_session(session, self.coord)
-    self._plan(self._step)
-    self._full_next = True  # the first call runs every hook
+    self._replan(self._step)
+    self._plan.full_next = True  # the first call runs every hook
     return state
 
   def _build_program(self) -> None:
@@ -223,11 +188,13 @@ class HookedStep:
     self._state = state
     start, outputs = self._step, self._outputs
     try:
-      n = self._chunk(start)
-      if start + n >= self._horizon or self._full_next or coord.awake:
+      plan = self._plan
+      n = plan.chunk(start)
+      which = plan.which(start, n, coord.awake)
+      if which == ALL:
         return self._run(state, batch, n, self.hooks)
-      if self._each_call:
-        return self._run(state, batch, n, self._each_call)
+      if which != NONE:
+        return self._run(state, batch, n, plan.each_call)
       # No hook acts on this call: dispatch and count, nothing else.
       new_state, new_outputs = self._dispatch(state, batch, n)
       self._step = start + n
@@ -243,12 +210,6 @@ class HookedStep:
       self.abort(exc)
       raise
 
-  def _chunk(self, start: int) -> int:
-    k = self._steps_per_call
-    if k == 1 or self._horizon == math.inf:
-      return k
-    return max(1, min(k, self._horizon - start))
-
   def _dispatch(self, state: Any, batch: Any, n: int) -> Tuple[Any, Any]:
     if self._program is None:
       return self._train_step(state, batch)
@@ -262,7 +223,7 @@ class HookedStep:
     start = self._step
     step = start + n
     coord = self.coord
-    check = self._check_every
+    check = self._plan.check_every
     if check and step % check == 0:
       coord.check(step)
     ctx = RunContext(RunArgs(), self.session(), step, start)
@@ -270,32 +231,29 @@ class HookedStep:
     feeds = [r.feed_dict for r in requests
              if r is not None and r.feed_dict is not None]
     if feeds:
-      batch = _merge_feeds(batch, feeds)
+      batch = merge_feeds(batch, feeds)
     result = self._dispatch(state, batch, n)
     if not self._checked_outputs:
       check_step_result(result)
       self._checked_outputs = True
     new_state, outputs = result
     fetches = [None if r is None else r.fetches for r in requests]
-    lag = []
-    if self._lag:
-      lag = [i for i, f in enumerate(fetches)
-             if f is not None and hooks[i].accepts_lagged_fetches]
-      for i in lag:
-        fetches[i] = None
+    held = lag.lagging(hooks, fetches) if self._lag else []
+    for i in held:
+      fetches[i] = None
     results = fetches
     previous, self._lagged = self._lagged, None
     if previous is not None or any(f is not None for f in fetches):
       results = self._read(fetches, new_state, outputs, step, previous)
-    if lag:
-      device = fetch.device_fetches([requests[i].fetches for i in lag],
-                                    new_state, outputs, self._step_fn)
-      self._lagged = (ctx, [(hooks[i], d) for i, d in zip(lag, device)])
+    if held:
+      self._lagged = lag.hold(ctx, [hooks[i] for i in held],
+                              [requests[i].fetches for i in held],
+                              new_state, outputs, self._step_fn)
     self._step = step
     self._state = new_state
     self._outputs = outputs
     for i, (hook, res) in enumerate(zip(hooks, results)):
-      if i in lag:
+      if i in held:
         continue
       if hook.after_run(ctx, RunValues(results=res, step=step)) is True:
         ctx.request_stop()
@@ -308,9 +266,9 @@ class HookedStep:
     if stop:
       self._phase = _STOPPED
     elif hooks is self.hooks:
-      self._plan(step)
+      self._replan(step)
     else:
-      self._full_next = self._lagged is not None
+      self._plan.full_next = self._lagged is not None
     return new_state, outputs, stop
 
   def _read(self, fetches: List[Any], state: Any, outputs: Any, step: int,
@@ -321,13 +279,12 @@ class HookedStep:
     extra = [fetch.GLOBAL_STEP]
     device = fetch.device_fetches(fetches + extra, state, outputs,
                                   self._step_fn)
-    lagged = [] if previous is None else [d for _, d in previous[1]]
+    lagged = [] if previous is None else previous.device
     values = jax.device_get((device, self._values, lagged))
     (*results, device_step), monitors, lagged = values
     self._check_step(device_step, step)
     self._on_read(monitors, step)
-    if previous is not None:
-      self._after_lagged(previous[0], previous[1], lagged)
+    lag.deliver(previous, lagged, self.coord)
     return results
 
   def _on_read(self, monitors: Sequence[Any], step: int) -> None:
@@ -336,35 +293,16 @@ class HookedStep:
         self.coord.request_stop(f"a device monitor requested stop at step "
                                 f"{step}")
 
-  def _after_lagged(self, ctx: RunContext, entries: Sequence[Any],
-                    values: Sequence[Any]) -> None:
-    for (hook, _), res in zip(entries, values):
-      if hook.after_run(ctx, RunValues(results=res, step=ctx.step)):
-        ctx.request_stop()
-    if ctx.stop_requested:
-      self.coord.request_stop(f"a hook requested stop at step {ctx.step}")
-
   def _deliver_lagged(self) -> None:
-    """Reads and hands over the pending lagged fetches now."""
-    pending, self._lagged = self._lagged, None
-    if pending is not None:
-      values = jax.device_get([d for _, d in pending[1]])
-      self._after_lagged(pending[0], pending[1], values)
+    """Reads and hands over the held lagged fetches now."""
+    held, self._lagged = self._lagged, None
+    if held is not None:
+      lag.deliver(held, jax.device_get(held.device), self.coord)
 
-  def _plan(self, step: int) -> None:
-    """After a call that ran hooks: the step before which calls run none."""
-    horizon, each_call = math.inf, []
-    for hook in self.hooks:
-      nxt = hook.next_step_of_interest(step)
-      if nxt is None:
-        each_call.append(hook)
-      elif nxt < horizon:
-        horizon = nxt
-    check = self._check_every
-    if check:
-      horizon = min(horizon, (step // check + 1) * check)
-    self._horizon, self._each_call = horizon, tuple(each_call)
-    self._full_next = self._lagged is not None
+  def _replan(self, step: int) -> None:
+    """After a call that ran every hook: plans the next calls."""
+    self._plan.update(self.hooks, step)
+    self._plan.full_next = self._lagged is not None
     self.coord.awake = False
 
   def end(self, state: Any = None) -> Any:

@@ -1,0 +1,76 @@
+"""Which hooks a call runs, and how many steps it runs.
+
+After every call that runs all hooks, the runner asks each hook for its
+``next_step_of_interest`` and keeps the earliest (the *horizon*; check steps
+of a multi-process coordinator count too)::
+
+  n = min(steps_per_call, horizon - step)   # a fused call ends at the horizon
+  call ends at the horizon, or first call,
+    or the coordinator was woken, or lagged values wait  -> every hook
+  else, hooks that answered None (no step of their own) -> those hooks only
+  else                                                  -> no hook at all
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Tuple
+
+__all__ = ["Schedule"]
+
+ALL, SOME, NONE = "all", "some", "none"
+
+
+class Schedule:
+  """The runner's plan of calls.
+
+  Args:
+    steps_per_call: the most steps one call runs.
+    check_every: the coordinator's check period (calls end on its
+      multiples), or ``None``.
+
+  Example:
+    >>> class Every(object):
+    ...   def __init__(self, n): self.n = n
+    ...   def next_step_of_interest(self, step): return (step // self.n + 1) * self.n
+    >>> plan = Schedule(steps_per_call=4, check_every=None)
+    >>> plan.update([Every(10), Every(6)], step=0)
+    >>> plan.horizon, plan.chunk(0), plan.chunk(4), plan.which(4, 2)
+    (6, 4, 2, 'all')
+    >>> plan.full_next = False
+    >>> plan.which(0, 4)
+    'none'
+  """
+
+  def __init__(self, *, steps_per_call: int, check_every: Optional[int]):
+    self.steps_per_call = steps_per_call
+    self.check_every = check_every
+    self.horizon: Any = 0
+    self.each_call: Tuple[Any, ...] = ()
+    self.full_next = True
+
+  def update(self, hooks: Sequence[Any], step: int) -> None:
+    """Plans the calls after global step ``step`` (all hooks just ran)."""
+    horizon, each_call = math.inf, []
+    for hook in hooks:
+      nxt = hook.next_step_of_interest(step)
+      if nxt is None:
+        each_call.append(hook)
+      elif nxt < horizon:
+        horizon = nxt
+    if self.check_every:
+      horizon = min(horizon, (step // self.check_every + 1) * self.check_every)
+    self.horizon, self.each_call = horizon, tuple(each_call)
+
+  def chunk(self, start: int) -> int:
+    """How many steps a call from global step ``start`` runs."""
+    k = self.steps_per_call
+    if k == 1 or self.horizon == math.inf:
+      return k
+    return max(1, min(k, self.horizon - start))
+
+  def which(self, start: int, n: int, awake: bool = False) -> str:
+    """``'all'``, ``'some'`` (the ``each_call`` hooks) or ``'none'``."""
+    if start + n >= self.horizon or self.full_next or awake:
+      return ALL
+    return SOME if self.each_call else NONE
