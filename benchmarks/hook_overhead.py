@@ -1,11 +1,13 @@
 """What the standard hook set costs over a bare jitted loop.
 
-  python benchmarks/hook_overhead.py [--model tiny|large|both] [--rounds 7]
+  python benchmarks/hook_overhead.py [--model tiny|large|host|all] [--rounds 7]
 
-A Flax MLP (two Dense layers of ``--width``, a Dense head of 10) trained with
-Adam on batches of 64 features; ``tiny`` (width 64, batch 32) is
-dispatch-bound, ``large`` (width 512, batch 256) is compute-bound. In one
-process, interleaved round by round, each loop runs the same steps:
+A Flax MLP (two Dense layers, a Dense head of 10) trained with Adam on
+batches of 64 features: ``tiny`` (width 64, batch 32) is dispatch-bound,
+``large`` (width 512, batch 256) is compute-bound. ``host`` (width 1, batch
+1) does almost no device work, so its rows show what each loop costs the
+host per step: what a fast accelerator sees. In one process, interleaved
+round by round, each loop runs the same steps:
 
 - ``bare``: ``state, outputs = train_step(state, batch)`` in a Python loop;
 - ``tf_style``: the same, reading the step and the loss on the host after
@@ -51,7 +53,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jaxhooks as jh  # pylint: disable=g-import-not-at-top
 
 MODELS = {"tiny": dict(width=64, batch=32, steps=3000),
-          "large": dict(width=512, batch=256, steps=200)}
+          "large": dict(width=512, batch=256, steps=200),
+          "host": dict(width=1, batch=1, steps=3000)}
 K = 10
 
 
@@ -227,12 +230,12 @@ def measure(name: str, rounds: int) -> dict:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", choices=["tiny", "large", "both"],
-                      default="both")
+  parser.add_argument("--model", choices=["tiny", "large", "host", "all"],
+                      default="all")
   parser.add_argument("--rounds", type=int, default=7)
   args = parser.parse_args(argv)
   logging.getLogger("absl").setLevel(logging.ERROR)
-  names = ["tiny", "large"] if args.model == "both" else [args.model]
+  names = list(MODELS) if args.model == "all" else [args.model]
   for name in names:
     print(json.dumps(measure(name, args.rounds)), flush=True)
 

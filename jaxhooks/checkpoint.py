@@ -319,6 +319,9 @@ class CheckpointSaverHook(Hook):
       return NEVER
     return self._timer.next_trigger_step(step)
 
+  def due(self) -> bool:
+    return self._timer is not None and self._timer.due()
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     step = run_context.step
     preempted = self._save_on_preemption and self._coord is not None and (

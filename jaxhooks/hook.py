@@ -30,7 +30,9 @@ Three optional methods make a hooked loop cost nearly nothing per step:
 - ``next_step_of_interest(step)``: the next global step the hook acts on.
   The runner ends a call exactly there and does not call any hook on calls
   that end before the earliest such step of all hooks. The default,
-  ``step + 1``, keeps TensorFlow's rule: the hook sees every step.
+  ``step + 1``, keeps TensorFlow's rule: the hook sees every step. A hook
+  with no step of its own (a time trigger) answers ``None`` and says in
+  ``due()`` whether the coming call needs it.
 - ``device_monitors()``: values the runner keeps on the device, updated
   inside the step's own program, and hands to the hook whenever it reads
   the device anyway (``NanTensorHook``'s first non-finite step).
@@ -312,6 +314,12 @@ class Hook:
     ``step + 1``, is TensorFlow's rule: the hook sees every step.
     """
     return step + 1
+
+  def due(self) -> bool:
+    """For a hook whose ``next_step_of_interest`` is ``None``: whether the
+    coming call must run it (a time trigger whose period has passed). The
+    default, ``True``, runs it on every call."""
+    return True
 
   def device_monitors(self) -> tuple:
     """:class:`DeviceMonitor` values the runner keeps for this hook."""

@@ -115,6 +115,9 @@ class LoggingTensorHook(Hook):
   def next_step_of_interest(self, step: int):
     return NEVER if self._timer is None else self._timer.next_trigger_step(step)
 
+  def due(self) -> bool:
+    return self._timer is not None and self._timer.due()
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     if self._timer is not None and self._timer.claim(run_context.step):
       return RunArgs(fetches=self._tensors)
@@ -226,6 +229,9 @@ class StepCounterHook(Hook):
     if self._timer.last_triggered_step() is None:
       return step + 1
     return self._timer.next_trigger_step(step)
+
+  def due(self) -> bool:
+    return self._timer.due()
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     timer = self._timer

@@ -4,8 +4,7 @@ The check costs no host-device sync of its own. The hook keeps a sentinel on
 the device (a :class:`~jaxhooks.DeviceMonitor`) that the step's own program
 updates after every step::
 
-  first_bad = step      if first_bad < 0 and loss is NaN or inf
-  value     = the loss at that step
+  [first_bad, value] = [step, loss]   if first_bad < 0 and loss is NaN/inf
 
 The runner reads the sentinel whenever it reads the device anyway (a step
 on which some hook fetches something, and ``end``), so the error names the
@@ -18,7 +17,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional, Tuple
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxhooks import fetch
 from jaxhooks.errors import NanLossDuringTrainingError
@@ -102,17 +103,18 @@ class NanTensorHook(Hook):
   def _update(self, sentinel: Any, step: Any, state: Any,
               outputs: Any) -> Any:
     del state
-    first, value = sentinel
     loss = jnp.asarray(fetch.output(outputs, self._loss_name))
     finite = jnp.isfinite(loss)
-    new = (first < 0) & ~jnp.all(finite)
+    new = (sentinel[0] < 0) & ~jnp.all(finite)
     # A NaN anywhere shows as NaN; else the infinite entry (+inf or -inf).
     bad = jnp.sum(jnp.where(finite, 0, loss)).astype(jnp.float32)
-    return (jnp.where(new, jnp.asarray(step, jnp.int32), first),
-            jnp.where(new, bad, value))
+    found = jnp.stack([jnp.asarray(step, jnp.int32),
+                       jax.lax.bitcast_convert_type(bad, jnp.int32)])
+    return jnp.where(new, found, sentinel)
 
   def _on_read(self, sentinel: Any, step: int) -> Optional[bool]:
-    first, value = (int(sentinel[0]), float(sentinel[1]))
+    first = int(sentinel[0])
+    value = float(np.asarray(sentinel[1], np.int32).view(np.float32))
     if first < 0 or self._reported:
       return None
     self._reported = True
@@ -124,5 +126,7 @@ class NanTensorHook(Hook):
     return True
 
 
-def _init() -> Tuple[Any, Any]:
-  return jnp.int32(-1), jnp.float32(0)
+def _init() -> Any:
+  # [first bad step, its loss as float32 bits]: one array, as every input
+  # and output of the step's program costs a little at each dispatch.
+  return jnp.array([-1, 0], jnp.int32)

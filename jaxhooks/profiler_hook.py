@@ -124,6 +124,9 @@ class ProfilerHook(Hook):
       return self._start_step if step < self._start_step else NEVER
     return self._timer.next_trigger_step(step)
 
+  def due(self) -> bool:
+    return self._timer is not None and self._timer.due()
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     step = run_context.step
     if self._window is None and self._starts_window(step):

@@ -114,13 +114,12 @@ class StepProgram:
     self._monitors = tuple(monitors)
     self.steps_per_call = int(steps_per_call)
     self._batch_fn = batch_fn
+    #: More than one step per call, or a batch function: the program takes
+    #: the step count ``n``. Else it is ``jitted(state, batch, values)``.
+    self.fused = self.steps_per_call > 1 or batch_fn is not None
     donate = (0,) if donate_state else ()
-    self._program = jax.jit(self._run_n if self.fused else self._run_1,
-                            donate_argnums=donate)
-
-  @property
-  def fused(self) -> bool:
-    return self.steps_per_call > 1 or self._batch_fn is not None
+    self.jitted = jax.jit(self._run_n if self.fused else self._run_1,
+                          donate_argnums=donate)
 
   def init_monitors(self) -> tuple:
     return tuple(m.init() for m in self._monitors)
@@ -135,8 +134,7 @@ class StepProgram:
                      for m, v in zip(self._monitors, values))
     return state, outputs, values
 
-  def _run_1(self, state: Any, batch: Any, values: tuple, n: Any):
-    del n  # always 1
+  def _run_1(self, state: Any, batch: Any, values: tuple):
     return self._one(state, batch, values)
 
   def _run_n(self, state: Any, batch: Any, values: tuple, n: Any):
@@ -181,4 +179,6 @@ class StepProgram:
 
   def __call__(self, state: Any, batch: Any, values: tuple,
                n: int) -> Tuple[Any, Any, tuple]:
-    return self._program(state, batch, values, np.int32(n))
+    if self.fused:
+      return self.jitted(state, batch, values, np.int32(n))
+    return self.jitted(state, batch, values)   # every argument costs

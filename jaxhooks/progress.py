@@ -188,6 +188,9 @@ class ProgressBarHook(Hook):
       return None   # the bar counts every call
     return self._timer.next_trigger_step(step)
 
+  def due(self) -> bool:
+    return self._bar is not None or not self._started or self._timer.due()
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     if not self._started:
       self._open()

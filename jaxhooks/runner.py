@@ -31,7 +31,7 @@ from jaxhooks.hook import (Hook, RunArgs, RunContext, RunValues, Session,
                            check_hooks)
 from jaxhooks.program import (StepProgram, check_step_result, donates_state,
                               merge_feeds)
-from jaxhooks.schedule import ALL, NONE, Schedule
+from jaxhooks.schedule import Schedule
 
 __all__ = ["wrap", "HookedStep"]
 
@@ -190,11 +190,9 @@ class HookedStep:
     try:
       plan = self._plan
       n = plan.chunk(start)
-      which = plan.which(start, n, coord.awake)
-      if which == ALL:
-        return self._run(state, batch, n, self.hooks)
-      if which != NONE:
-        return self._run(state, batch, n, plan.each_call)
+      hooks = plan.select(start, n, coord.awake)
+      if hooks is not None:
+        return self._run(state, batch, n, hooks)
       # No hook acts on this call: dispatch and count, nothing else.
       new_state, new_outputs = self._dispatch(state, batch, n)
       self._step = start + n
@@ -211,11 +209,15 @@ class HookedStep:
       raise
 
   def _dispatch(self, state: Any, batch: Any, n: int) -> Tuple[Any, Any]:
-    if self._program is None:
+    program = self._program
+    if program is None:
       return self._train_step(state, batch)
-    batch = self._program.check_batch(batch, n)
-    new_state, outputs, self._values = self._program(
-        state, batch, self._values, n)
+    if program.fused:
+      batch = program.check_batch(batch, n)
+      new_state, outputs, self._values = program(state, batch, self._values, n)
+    else:
+      new_state, outputs, self._values = program.jitted(state, batch,
+                                                        self._values)
     return new_state, outputs
 
   def _run(self, state: Any, batch: Any, n: int,
@@ -265,7 +267,7 @@ class HookedStep:
     stop = coord.should_stop()
     if stop:
       self._phase = _STOPPED
-    elif hooks is self.hooks:
+    elif hooks is self._plan.hooks:
       self._replan(step)
     else:
       self._plan.full_next = self._lagged is not None

@@ -7,7 +7,8 @@ of a multi-process coordinator count too)::
   n = min(steps_per_call, horizon - step)   # a fused call ends at the horizon
   call ends at the horizon, or first call,
     or the coordinator was woken, or lagged values wait  -> every hook
-  else, hooks that answered None (no step of their own) -> those hooks only
+  else, hooks that answered None (no step of their own)
+    and are due() now (a time trigger whose period passed) -> those only
   else                                                  -> no hook at all
 """
 
@@ -17,8 +18,6 @@ import math
 from typing import Any, Optional, Sequence, Tuple
 
 __all__ = ["Schedule"]
-
-ALL, SOME, NONE = "all", "some", "none"
 
 
 class Schedule:
@@ -34,18 +33,22 @@ class Schedule:
     ...   def __init__(self, n): self.n = n
     ...   def next_step_of_interest(self, step): return (step // self.n + 1) * self.n
     >>> plan = Schedule(steps_per_call=4, check_every=None)
-    >>> plan.update([Every(10), Every(6)], step=0)
-    >>> plan.horizon, plan.chunk(0), plan.chunk(4), plan.which(4, 2)
-    (6, 4, 2, 'all')
+    >>> hooks = (Every(10), Every(6))
+    >>> plan.update(hooks, step=0)
+    >>> plan.horizon, plan.chunk(0), plan.chunk(4)
+    (6, 4, 2)
+    >>> plan.select(4, 2) is hooks   # the call ends at step 6
+    True
     >>> plan.full_next = False
-    >>> plan.which(0, 4)
-    'none'
+    >>> plan.select(0, 4) is None   # no hook runs
+    True
   """
 
   def __init__(self, *, steps_per_call: int, check_every: Optional[int]):
     self.steps_per_call = steps_per_call
     self.check_every = check_every
     self.horizon: Any = 0
+    self.hooks: Tuple[Any, ...] = ()
     self.each_call: Tuple[Any, ...] = ()
     self.full_next = True
 
@@ -60,6 +63,7 @@ class Schedule:
         horizon = nxt
     if self.check_every:
       horizon = min(horizon, (step // self.check_every + 1) * self.check_every)
+    self.hooks = tuple(hooks)
     self.horizon, self.each_call = horizon, tuple(each_call)
 
   def chunk(self, start: int) -> int:
@@ -69,8 +73,12 @@ class Schedule:
       return k
     return max(1, min(k, self.horizon - start))
 
-  def which(self, start: int, n: int, awake: bool = False) -> str:
-    """``'all'``, ``'some'`` (the ``each_call`` hooks) or ``'none'``."""
+  def select(self, start: int, n: int,
+             awake: bool = False) -> Optional[Sequence[Any]]:
+    """The hooks a call of ``n`` steps from ``start`` runs: all of them (the
+    very tuple given to ``update``), the due ``each_call`` ones, or
+    ``None`` when it runs none."""
     if start + n >= self.horizon or self.full_next or awake:
-      return ALL
-    return SOME if self.each_call else NONE
+      return self.hooks
+    due = [h for h in self.each_call if h.due()]
+    return due or None

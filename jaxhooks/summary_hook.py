@@ -124,6 +124,9 @@ class SummarySaverHook(Hook):
   def next_step_of_interest(self, step: int):
     return self._timer.next_trigger_step(step)
 
+  def due(self) -> bool:
+    return self._timer.due()
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     if self._timer.claim(run_context.step):
       return RunArgs(fetches=self._fetches)

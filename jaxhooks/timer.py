@@ -139,6 +139,26 @@ class SecondOrStepTimer:
     self._claimed = True
     return True
 
+  def due(self) -> bool:
+    """For a time timer: whether a call now may fire it. A shared timer
+    fires only at agreed check steps (calls that run every hook): False.
+
+    Example:
+      >>> t = [0.0]
+      >>> timer = SecondOrStepTimer(every_secs=10, clock=lambda: t[0])
+      >>> timer.update_last_triggered_step(0)
+      (None, None)
+      >>> t[0] = 9.0
+      >>> timer.due()
+      False
+      >>> t[0] = 10.0
+      >>> timer.due()
+      True
+    """
+    if self._every_secs is None or self._shared:
+      return False
+    return self.time_due()
+
   def time_due(self) -> bool:
     """For a time timer: whether its period has passed on this process."""
     return (self._last_time is None
