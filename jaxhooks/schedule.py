@@ -80,5 +80,7 @@ class Schedule:
     ``None`` when it runs none."""
     if start + n >= self.horizon or self.full_next or awake:
       return self.hooks
+    if not self.each_call:
+      return None
     due = [h for h in self.each_call if h.due()]
     return due or None
