@@ -25,8 +25,8 @@ round by round, each loop runs the same steps:
   100 steps, a time-based checkpoint callback).
 
 Each loop is timed from its second call to the end of its last step (the
-device is waited for); begin/end, compilation and the first call are
-outside. It prints one JSON object per model: median microseconds per step
+device is waited for), with Python's garbage collector paused as ``timeit``
+does; begin/end, compilation and the first call are outside. It prints one JSON object per model: median microseconds per step
 of each loop, and each median divided by the bare loop's. Then it measures
 how long one async Orbax save of the same state blocks the hooked loop.
 """
@@ -34,6 +34,7 @@ how long one async Orbax save of the same state blocks the hooked loop.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import pathlib
@@ -215,7 +216,12 @@ def measure(name: str, rounds: int) -> dict:
   times = {k: [] for k in loops}
   for _ in range(rounds):
     for key, run in loops.items():
-      times[key].append(run())
+      gc.collect()
+      gc.disable()   # as timeit does: no collection pauses inside a loop
+      try:
+        times[key].append(run())
+      finally:
+        gc.enable()
   us = {k: 1e6 * statistics.median(v) / steps for k, v in times.items()}
   return {
       "model": f"{name}: MLP {cfg['width']}x2, batch {cfg['batch']}, Adam",
