@@ -184,9 +184,8 @@ class ProgressBarHook(Hook):
                              dynamic_ncols=True)
 
   def next_step_of_interest(self, step: int):
-    if self._bar is not None or not self._started:
-      return None   # the bar counts every call
-    return self._timer.next_trigger_step(step)
+    every = self._every[1]   # from the arguments alone: the same everywhere
+    return None if every is None else (step // every + 1) * every
 
   def due(self) -> bool:
     return self._bar is not None or not self._started or self._timer.due()

@@ -81,13 +81,17 @@ class HookedStep:
     self._step_fn = step_fn or fetch.default_step_fn
     self._steps_per_call = steps_per_call
     self._batch_fn = batch_fn
-    self._lag = bool(lag_fetches)
     self._donate = (donates_state(train_step) if donate_state is None
                     else bool(donate_state))
+    # Held values may be leaves of a state the next call donates.
+    self._lag = bool(lag_fetches) and not self._donate
     self.coord = coord or default_coordinator()
-    # Hooks that only write for people (logs, summaries) run on process 0.
-    self.hooks = tuple(h for h in check_hooks(hooks)
+    # Hooks that only write for people (logs, summaries) run on process 0;
+    # the other processes still cut their calls at those hooks' steps.
+    given = check_hooks(hooks)
+    self.hooks = tuple(h for h in given
                        if self.coord.is_primary or not h.primary_only)
+    self._others = tuple(h for h in given if h not in self.hooks)
     self._phase = _NEW
     self._step = 0
     self._state = None
@@ -187,6 +191,7 @@ class HookedStep:
       raise LifecycleError(self._misuse("called"))
     self._state = state
     start, outputs = self._step, self._outputs
+    values, lagged = self._values, self._lagged
     try:
       plan = self._plan
       n = plan.chunk(start)
@@ -201,6 +206,7 @@ class HookedStep:
     except StopIteration:
       self._phase = _STOPPED
       self._state, self._step, self._outputs = state, start, outputs
+      self._values, self._lagged = values, lagged
       return state, None, True
     except BaseException as exc:
       # The input of the failed call is the last good state.
@@ -245,8 +251,11 @@ class HookedStep:
       fetches[i] = None
     results = fetches
     previous, self._lagged = self._lagged, None
-    if previous is not None or any(f is not None for f in fetches):
-      results = self._read(fetches, new_state, outputs, step, previous)
+    wants = [i for i, f in enumerate(fetches) if f is not None]
+    monitors = self._reads_monitors(hooks, wants, check and step % check == 0)
+    if previous is not None or wants or monitors:
+      results = self._read(fetches, new_state, outputs, step, previous,
+                           monitors)
     if held:
       self._lagged = lag.hold(ctx, [hooks[i] for i in held],
                               [requests[i].fetches for i in held],
@@ -267,25 +276,37 @@ class HookedStep:
     stop = coord.should_stop()
     if stop:
       self._phase = _STOPPED
-    elif hooks is self._plan.hooks:
-      self._replan(step)
     else:
-      self._plan.full_next = self._lagged is not None
+      self._replan(step)   # a hook that ran may act sooner now
     return new_state, outputs, stop
 
+  def _reads_monitors(self, hooks: Sequence[Hook], wants: List[int],
+                      check_step: bool) -> bool:
+    """Whether this call reads the device monitors. In one process: with
+    any read. In several: only where every process reads, so that all of
+    them see a NaN at the same step: check steps, and reads asked by hooks
+    that run on every process."""
+    if not self._readers:
+      return False
+    if self.coord.process_count == 1:
+      return bool(wants)
+    return check_step or any(not hooks[i].primary_only for i in wants)
+
   def _read(self, fetches: List[Any], state: Any, outputs: Any, step: int,
-            previous: Any) -> List[Any]:
-    """Reads the fetches of this call, the device step and monitors, and the
-    last call's lagged fetches, in one ``jax.device_get``; calls the
-    monitors' ``on_read`` and delivers the lagged values."""
+            previous: Any, monitors: bool) -> List[Any]:
+    """Reads the fetches of this call, the device step, the monitors (if
+    ``monitors``) and the last call's lagged fetches, in one
+    ``jax.device_get``; calls the monitors' ``on_read`` and delivers the
+    lagged values."""
     extra = [fetch.GLOBAL_STEP]
     device = fetch.device_fetches(fetches + extra, state, outputs,
                                   self._step_fn)
     lagged = [] if previous is None else previous.device
-    values = jax.device_get((device, self._values, lagged))
-    (*results, device_step), monitors, lagged = values
+    values = jax.device_get((device, self._values if monitors else (),
+                             lagged))
+    (*results, device_step), monitor_values, lagged = values
     self._check_step(device_step, step)
-    self._on_read(monitors, step)
+    self._on_read(monitor_values, step)
     lag.deliver(previous, lagged, self.coord)
     return results
 
@@ -302,10 +323,10 @@ class HookedStep:
       lag.deliver(held, jax.device_get(held.device), self.coord)
 
   def _replan(self, step: int) -> None:
-    """After a call that ran every hook: plans the next calls."""
-    self._plan.update(self.hooks, step)
+    """After a call that ran hooks: plans the next calls."""
+    self.coord.awake = False   # before asking: a notice from now on counts
+    self._plan.update(self.hooks, step, self._others)
     self._plan.full_next = self._lagged is not None
-    self.coord.awake = False
 
   def end(self, state: Any = None) -> Any:
     """Runs every hook's ``end`` with the final state and returns it.
@@ -391,7 +412,8 @@ def wrap(train_step: Callable[[Any, Any], Tuple[Any, Any]],
       a device-resident data set passed as the call's ``batch``.
     lag_fetches: hand the values that hooks with
       ``accepts_lagged_fetches`` fetch at step N to their ``after_run``
-      while the next call runs, so the loop never waits for them.
+      while the next call runs, so the loop never waits for them. Off when
+      the state is donated (held values may be leaves of it).
     donate_state: donate the state to the program; by default, as
       ``train_step`` does (``jax.jit(..., donate_argnums=0)``).
 

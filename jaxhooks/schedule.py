@@ -52,15 +52,25 @@ class Schedule:
     self.each_call: Tuple[Any, ...] = ()
     self.full_next = True
 
-  def update(self, hooks: Sequence[Any], step: int) -> None:
-    """Plans the calls after global step ``step`` (all hooks just ran)."""
+  def update(self, hooks: Sequence[Any], step: int,
+             others: Sequence[Any] = ()) -> None:
+    """Plans the calls after global step ``step``.
+
+    Args:
+      hooks: the hooks this process runs.
+      step: the global step the last call ended at.
+      others: hooks that run on other processes only (process 0's
+        ``primary_only`` hooks, seen from another process): their steps cut
+        calls here too, so every process runs calls of the same lengths.
+    """
     horizon, each_call = math.inf, []
-    for hook in hooks:
+    for hook in tuple(hooks) + tuple(others):
       nxt = hook.next_step_of_interest(step)
       if nxt is None:
-        each_call.append(hook)
+        if hook not in others:
+          each_call.append(hook)
       elif nxt < horizon:
-        horizon = nxt
+        horizon = nxt if nxt == math.inf else int(nxt)
     if self.check_every:
       horizon = min(horizon, (step // self.check_every + 1) * self.check_every)
     self.hooks = tuple(hooks)

@@ -40,11 +40,25 @@ class Every(jh.SessionRunHook):
       self.acted.append(run_context.step)
 
 
+class EveryCall(jh.SessionRunHook):
+  """Records every call's (start, end); no step of its own, always due."""
+
+  def __init__(self):
+    self.calls = []
+
+  def next_step_of_interest(self, step):
+    return None
+
+  def after_run(self, run_context, run_values):
+    self.calls.append((run_context.start_step, run_context.step))
+
+
 def run(k, tmp_path, *, start=0, last=43, use_batch_fn=False, caplog=None):
   every7 = Every(7)
+  every7.all_calls = EveryCall()
   saver = jh.CheckpointSaverHook(tmp_path / f"ckpt{k}{use_batch_fn}",
                                  save_steps=10)
-  hooks = [jh.StopAtStepHook(last_step=last), every7,
+  hooks = [jh.StopAtStepHook(last_step=last), every7, every7.all_calls,
            jh.LoggingTensorHook(["loss"], every_n_iter=5,
                                 formatter=lambda v: f"loss {v['loss']:.6f}"),
            jh.NanTensorHook("loss"), saver]
@@ -82,7 +96,9 @@ def test_fused_hits_every_trigger_step_and_matches_the_unfused_loop(
       x for x in ref_lines if x.startswith("loss")]
   assert len([x for x in lines if x.startswith("loss")]) == 8  # 5 ... 40
   # No call steps over a multiple of 7, 5 or 10 without ending there.
-  for start, end in hook.calls:
+  calls = hook.all_calls.calls
+  assert len(calls) == len(sizes) and calls[-1][1] == 43
+  for start, end in calls:
     assert not any(s % 7 == 0 or s % 5 == 0 for s in range(start + 1, end))
   assert ref_sizes == [1] * 43 and sum(sizes) == 43 and max(sizes) <= k
   if k == 3:
@@ -224,3 +240,71 @@ def test_lagged_logging_does_not_wait_on_its_trigger_step(caplog):
   step.end(state)
   assert ready[4] == [] and ready[5] == ["step 4"]
   assert ready[8] == ["step 4"] and ready[9] == ["step 4", "step 8"]
+
+
+def test_lagged_fetches_fall_back_to_at_once_when_the_state_is_donated(caplog):
+  caplog.set_level(logging.INFO, logger="jaxhooks")
+  donating = jax.jit(train_step.__wrapped__ if hasattr(train_step, "__wrapped__")
+                     else train_step, donate_argnums=0)
+  step = jh.wrap(donating, hooks=[
+      jh.StopAtStepHook(last_step=9),
+      jh.LoggingTensorHook({"s": jh.GLOBAL_STEP}, every_n_iter=4,
+                           formatter=lambda v: f"step {v['s']}")],
+      lag_fetches=True)
+  state = step.begin(init())
+  while not step.should_stop:
+    state, _, _ = step(state, DATA[step.step])
+  step.end(state)
+  assert [r.getMessage() for r in caplog.records] == ["step 4", "step 8"]
+
+
+class Process(jh.Coordinator):
+  """One process of a 2-process job as the runner sees it; checks are no-ops
+  (the agreement itself is tested on real processes)."""
+  check_every_n_steps = 5
+
+  def __init__(self, index):
+    super().__init__(process_index=index, process_count=2)
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_every_process_cuts_the_same_calls_and_sees_a_nan_at_the_same_step(
+    index):
+  @jax.jit
+  def nan_from_3(state, x):
+    new, out = train_step(state, x)
+    return new, {"loss": jnp.where(new["step"] >= 3, jnp.nan, out["loss"])}
+
+  calls = EveryCall()
+  logger = jh.LoggingTensorHook(["loss"], every_n_iter=2)   # process 0 only
+  step = jh.wrap(nan_from_3, hooks=[logger, jh.NanTensorHook("loss"), calls],
+                 coord=Process(index), steps_per_call=3)
+  assert (logger in step.hooks) == (index == 0)
+  state = step.begin(init())
+  with pytest.raises(jh.NanLossDuringTrainingError) as info:
+    for _ in range(10):
+      state, _, _ = step(state, DATA[step.step:step.step + step.steps_next_call])
+  # The logger reads at step 2 and 4 on process 0 only; the sentinel is read
+  # where every process reads: the check step 5.
+  assert info.value.step == 3
+  assert calls.calls == [(0, 2), (2, 4)]   # the same on both processes
+  assert step.step == 4   # failed in the call that ends at check step 5
+
+
+def test_stop_iteration_after_the_step_rolls_the_nan_sentinel_back():
+  @jax.jit
+  def nan_at_3(state, x):
+    new, out = train_step(state, x)
+    return new, {"loss": jnp.where(new["step"] == 3, jnp.nan, out["loss"])}
+
+  def data_ends(ctx, values):
+    if ctx.step == 3:
+      raise StopIteration
+  step = jh.wrap(nan_at_3, hooks=[jh.NanTensorHook("loss"),
+                                  jh.LambdaHook(after_run=data_ends)])
+  state = step.begin(init())
+  stop = False
+  while not stop:
+    state, _, stop = step(state, DATA[step.step])
+  # Step 3 (the NaN one) was rolled back: the run ends at step 2, cleanly.
+  assert int(step.end(state)["step"]) == 2

@@ -8,7 +8,7 @@ import pytest
 
 import jaxhooks as jh
 from jaxhooks import profiler_hook
-from observability_util import FakeClock, FetchSpy, run, scripted_step
+from observability_util import FakeClock, FetchSpy, run, scripted_step, state_at
 
 LOSSES = [float(k) for k in range(1, 21)]
 
@@ -91,3 +91,20 @@ def test_window_closed_when_the_loop_fails(tmp_path):
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     jh.ProfilerHook(**kwargs)
+
+
+def test_time_window_opened_between_other_hooks_steps_keeps_its_length(
+    tmp_path):
+  # Only the time trigger runs on the calls between the stop step: the
+  # window it opens must still close after exactly num_steps steps.
+  clock = FakeClock()
+  hook = jh.ProfilerHook(save_secs=10, num_steps=3, output_dir=str(tmp_path),
+                         clock=clock)
+  step = jh.wrap(scripted_step(LOSSES), hooks=[jh.StopAtStepHook(last_step=30),
+                                               hook])
+  state = step.begin(state_at())
+  while not step.should_stop:
+    clock.advance(1.0)
+    state, _, _ = step(state)
+  step.end(state)
+  assert [(a, b) for a, b, _ in hook.traces] == [(1, 3), (11, 13), (21, 23)]
