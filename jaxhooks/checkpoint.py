@@ -207,6 +207,7 @@ class CheckpointSaverHook(Hook):
     self._manager = None
     self._hooks: Tuple[Hook, ...] = (self,)
     self._coord = None
+    self._poll_service = False
     self._pending = None      # (step, preempted) decided in before_run
     self._captured = None     # the new state, captured by the fetch
     self.last_saved_step: Optional[int] = None
@@ -303,6 +304,12 @@ class CheckpointSaverHook(Hook):
   def after_create_session(self, session: Session, coord: Any) -> None:
     self._coord = coord
     self._notice.on_notify = coord.wake   # a notice ends the fast path
+    # Without our SIGTERM handler (off the main thread) a multi-process job
+    # learns of a preemption from JAX's preemption service only, which is
+    # asked at each call that runs this hook: then run it on every call.
+    self._poll_service = (self._save_on_preemption and
+                          coord.process_count > 1 and
+                          not self._notice.installed)
     if self._timer is not None:
       self._timer.update_last_triggered_step(session.step)
     if self._save_on_start and session.step != self.last_saved_step:
@@ -315,12 +322,15 @@ class CheckpointSaverHook(Hook):
   def next_step_of_interest(self, step: int):
     if self._save_on_preemption and self._notice.received:
       return step + 1
+    if self._poll_service:
+      return None
     if self._timer is None:
       return NEVER
     return self._timer.next_trigger_step(step)
 
   def due(self) -> bool:
-    return self._timer is not None and self._timer.due()
+    return self._poll_service or (self._timer is not None and
+                                  self._timer.due())
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     step = run_context.step
