@@ -310,8 +310,10 @@ class Hook:
     (a fused call is cut there) and calls no hook at all on calls that end
     before it. Return :data:`NEVER` when the hook acts on no later step, or
     ``None`` when it cannot know in advance (a time trigger): it is then
-    called on every call, and fused calls are not cut for it. The default,
-    ``step + 1``, is TensorFlow's rule: the hook sees every step.
+    called on calls where ``due()`` is true, and fused calls are not cut for
+    it. The default, ``step + 1``, is TensorFlow's rule: the hook sees every
+    step. A subclass of a built-in hook that adds work on other steps must
+    override this method too.
     """
     return step + 1
 

@@ -40,9 +40,10 @@ class NanTensorHook(Hook):
     fail_on_nan_loss: raise ``NanLossDuringTrainingError`` (the default), or
       log a warning and request stop.
     every_n_iter: also read the device on global steps that are multiples
-      of this, so a bad loss is noticed at most this many steps late;
-      ``None`` (the default) adds no read: the sentinel is read with the
-      other hooks' fetches and in ``end``. 1 reads after every step.
+      of this (100 by default), so a bad loss is noticed at most this many
+      steps late; the sentinel is also read with the other hooks' fetches
+      and in ``end``. ``None`` adds no read of its own; 1 reads after every
+      step.
 
   The error always names the first step whose loss was not finite, and no
   ``after_run`` of the step on which it is noticed runs (so no checkpoint of
@@ -64,7 +65,7 @@ class NanTensorHook(Hook):
   """
 
   def __init__(self, loss_name: str = "loss", fail_on_nan_loss: bool = True,
-               *, every_n_iter: Optional[int] = None):
+               *, every_n_iter: Optional[int] = 100):
     if not isinstance(loss_name, str) or not loss_name:
       raise ValueError(
           f"`loss_name` must be the name of an output, got {loss_name!r}.")
