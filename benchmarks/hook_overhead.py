@@ -99,23 +99,16 @@ def standard_hooks(last_step: int, ckpt_dir: str):
           jh.CheckpointSaverHook(ckpt_dir, save_secs=600, max_to_keep=1)]
 
 
-def bare(state, train_step, batch, steps):
-  state, _ = train_step(state, batch)
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, _ = train_step(state, batch)
-  jax.block_until_ready(state)
-  return time.perf_counter() - start
-
-
-def tf_style(state, train_step, batch, steps):
+def bare(state, train_step, batch, steps, *, read_each_step=False):
+  """The plain loop; ``read_each_step``: the TF1-style loop, which reads the
+  step and the loss on the host after every step."""
   state, _ = train_step(state, batch)
   jax.block_until_ready(state)
   start = time.perf_counter()
   for _ in range(steps):
     state, outputs = train_step(state, batch)
-    int(state.step), float(outputs["loss"])   # the per-step host read
+    if read_each_step:
+      int(state.step), float(outputs["loss"])
   jax.block_until_ready(state)
   return time.perf_counter() - start
 
@@ -203,7 +196,8 @@ def measure(name: str, rounds: int) -> dict:
       lambda x, n=n: jnp.stack([x] * n), batch) for n in range(1, K + 1)}
   loops = {
       "bare": lambda: bare(state, train_step, batch, steps),
-      "tf_style": lambda: tf_style(state, train_step, batch, steps),
+      "tf_style": lambda: bare(state, train_step, batch, steps,
+                               read_each_step=True),
       "hooks": lambda: hooked(state, train_step, batch, steps),
       "hooks_lag": lambda: hooked(state, train_step, batch, steps, lag=True),
       "fused10": lambda: hooked(state, train_step, batch, steps, k=K,

@@ -225,10 +225,11 @@ def test_lagged_fetches_arrive_during_the_next_call(lag):
                    ("before", 6), ("after", 6, 6)]
 
 
-def test_lagged_logging_does_not_wait_on_its_trigger_step(caplog):
+def _logged_after_each_call(fn, caplog):
+  """Log lines seen after each call of a lagged loop logging every 4 steps."""
   caplog.set_level(logging.INFO, logger="jaxhooks")
-  ready = {}
-  step = jh.wrap(train_step, hooks=[
+  seen = {}
+  step = jh.wrap(fn, hooks=[
       jh.StopAtStepHook(last_step=9),
       jh.LoggingTensorHook({"s": jh.GLOBAL_STEP}, every_n_iter=4,
                            formatter=lambda v: f"step {v['s']}")],
@@ -236,26 +237,21 @@ def test_lagged_logging_does_not_wait_on_its_trigger_step(caplog):
   state = step.begin(init())
   while not step.should_stop:
     state, _, _ = step(state, DATA[step.step])
-    ready[step.step] = [r.getMessage() for r in caplog.records]
+    seen[step.step] = [r.getMessage() for r in caplog.records]
   step.end(state)
-  assert ready[4] == [] and ready[5] == ["step 4"]
-  assert ready[8] == ["step 4"] and ready[9] == ["step 4", "step 8"]
+  return seen
+
+
+def test_lagged_logging_does_not_wait_on_its_trigger_step(caplog):
+  seen = _logged_after_each_call(train_step, caplog)
+  assert seen[4] == [] and seen[5] == ["step 4"]
+  assert seen[8] == ["step 4"] and seen[9] == ["step 4", "step 8"]
 
 
 def test_lagged_fetches_fall_back_to_at_once_when_the_state_is_donated(caplog):
-  caplog.set_level(logging.INFO, logger="jaxhooks")
-  donating = jax.jit(train_step.__wrapped__ if hasattr(train_step, "__wrapped__")
-                     else train_step, donate_argnums=0)
-  step = jh.wrap(donating, hooks=[
-      jh.StopAtStepHook(last_step=9),
-      jh.LoggingTensorHook({"s": jh.GLOBAL_STEP}, every_n_iter=4,
-                           formatter=lambda v: f"step {v['s']}")],
-      lag_fetches=True)
-  state = step.begin(init())
-  while not step.should_stop:
-    state, _, _ = step(state, DATA[step.step])
-  step.end(state)
-  assert [r.getMessage() for r in caplog.records] == ["step 4", "step 8"]
+  donating = jax.jit(train_step.__wrapped__, donate_argnums=0)
+  seen = _logged_after_each_call(donating, caplog)
+  assert seen[4] == ["step 4"] and seen[8] == ["step 4", "step 8"]
 
 
 class Process(jh.Coordinator):

@@ -31,6 +31,18 @@ def _state():
           "step": jnp.array(0, jnp.int32)}
 
 
+def _ready_by_step(step, state):
+  """Runs ``step`` to its stop; for each step, whether the call returned
+  with the step's outputs already computed (it waited for the device)."""
+  ready = {}
+  stop = False
+  while not stop:
+    state, outputs, stop = step(state, 0.0)
+    ready[step.step] = outputs["m"].is_ready()
+  step.end(state)
+  return ready
+
+
 def test_non_trigger_steps_return_before_the_device_finishes():
   log_hook = jh.LoggingTensorHook(["loss"], every_n_iter=4)
   hooks = [jh.StopAtStepHook(last_step=8), log_hook,
@@ -39,12 +51,7 @@ def test_non_trigger_steps_return_before_the_device_finishes():
   step = jh.wrap(slow_step, hooks=hooks)
   state = step.begin(_state())
   jax.block_until_ready(slow_step(state, 0.0))  # compile outside the check
-  ready = {}
-  stop = False
-  while not stop:
-    state, outputs, stop = step(state, 0.0)
-    ready[step.step] = outputs["m"].is_ready()
-  step.end(state)
+  ready = _ready_by_step(step, state)
   # StepCounterHook reads the step at step 1 (its baseline), 4 and 8; the
   # logger at 4 and 8: those steps wait for the device, no other does.
   assert ready == {1: True, 2: False, 3: False, 4: True, 5: False, 6: False,
@@ -64,13 +71,7 @@ def test_the_standard_hook_set_waits_for_the_device_only_on_its_steps(
   state = step.begin(_state())
   state, outputs, _ = step(state, 0.0)      # compiles
   jax.block_until_ready(outputs)
-  ready = {}
-  stop = False
-  while not stop:
-    state, outputs, stop = step(state, 0.0)
-    ready[step.step] = outputs["m"].is_ready()
-  step.end(state)
-  assert ready == {2: False, 3: False, 4: True, 5: False, 6: False,
+  assert _ready_by_step(step, state) == {2: False, 3: False, 4: True, 5: False, 6: False,
                    7: False, 8: True, 9: False, 10: False}
 
 
