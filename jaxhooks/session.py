@@ -123,6 +123,9 @@ class MonitoredTrainingSession:
       ``None``); see :func:`summary_hooks`.
     coord: the stop coordinator (as :func:`jaxhooks.wrap` chooses it by
       default).
+    steps_per_call, batch_fn, lag_fetches: as in :func:`jaxhooks.wrap`;
+      with ``steps_per_call`` each ``run`` takes a batch stacked on a
+      leading axis of ``steps_next_call`` rows (or the ``batch_fn`` input).
 
   On leaving the ``with`` block normally, or through ``StopIteration`` from
   the data, every hook's ``end`` runs; any other exception propagates with
@@ -153,7 +156,10 @@ class MonitoredTrainingSession:
                save_summaries_secs: Optional[float] = None,
                log_step_count_steps: Optional[int] = 100,
                summary_dir: Optional[str] = None,
-               coord: Optional[Coordinator] = None):
+               coord: Optional[Coordinator] = None,
+               steps_per_call: int = 1,
+               batch_fn: Optional[Callable[[Any, Any], Any]] = None,
+               lag_fetches: bool = False):
     coord = coord or default_coordinator()
     all_hooks = list(hooks)
     if coord.is_primary:
@@ -169,7 +175,8 @@ class MonitoredTrainingSession:
         log_step_count_steps=log_step_count_steps,
         summary_dir=summary_dir)
     self._step = HookedStep(train_step, all_hooks, step_fn=step_fn,
-                            coord=coord)
+                            coord=coord, steps_per_call=steps_per_call,
+                            batch_fn=batch_fn, lag_fetches=lag_fetches)
     self._initial_state = state
     self._state = state
     self._outputs = None
@@ -187,6 +194,11 @@ class MonitoredTrainingSession:
   @property
   def global_step(self) -> int:
     return self._step.step
+
+  @property
+  def steps_next_call(self) -> int:
+    """How many steps the next ``run`` runs (see ``steps_per_call``)."""
+    return self._step.steps_next_call
 
   def __enter__(self) -> "MonitoredTrainingSession":
     if self._entered:

@@ -304,3 +304,20 @@ def test_stop_iteration_after_the_step_rolls_the_nan_sentinel_back():
     state, _, stop = step(state, DATA[step.step])
   # Step 3 (the NaN one) was rolled back: the run ends at step 2, cleanly.
   assert int(step.end(state)["step"]) == 2
+
+
+def test_monitored_training_session_runs_fused_calls(tmp_path):
+  with jh.MonitoredTrainingSession(
+      train_step, init(), checkpoint_dir=str(tmp_path),
+      save_checkpoint_steps=5, log_step_count_steps=0,
+      save_summaries_steps=0, steps_per_call=4,
+      batch_fn=lambda data, s: data[s],
+      hooks=[jh.StopAtStepHook(last_step=12)]) as sess:
+    sizes = []
+    while not sess.should_stop():
+      sizes.append(sess.steps_next_call)
+      sess.run(DATA)
+  ref, _, _, _ = run(1, tmp_path / "ref", last=12)
+  assert sizes == [4, 1, 4, 1, 2]   # cut at the saves of steps 5 and 10
+  assert sess.state["w"].tobytes() == ref["w"].tobytes()
+  assert jh.CheckpointSaverHook(tmp_path).all_steps() == [5, 10, 12]
