@@ -164,13 +164,11 @@ class HookedStep:
     return state
 
   def _build_program(self) -> None:
-    monitors = [(m, hook) for hook in self.hooks
-                for m in hook.device_monitors()]
-    self._readers = tuple(m.on_read for m, _ in monitors)
+    monitors = [m for hook in self.hooks for m in hook.device_monitors()]
+    self._readers = tuple(m.on_read for m in monitors)
     if monitors or self._steps_per_call > 1 or self._batch_fn is not None:
       self._program = StepProgram(
-          self._train_step, step_fn=self._step_fn,
-          monitors=[m for m, _ in monitors],
+          self._train_step, step_fn=self._step_fn, monitors=monitors,
           steps_per_call=self._steps_per_call, batch_fn=self._batch_fn,
           donate_state=self._donate)
       self._values = self._program.init_monitors()

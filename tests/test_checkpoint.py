@@ -198,18 +198,26 @@ def _boom_step(state, batch):
   return dict_step(state, batch)
 
 
+def _four_steps_then_fail(tmp_path, train_step, save_on_exception):
+  """Saves every 3 steps, runs 4 steps, then a call whose batch is None
+  fails with ValueError('bad batch'); returns (saver, state, exc info)."""
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=3,
+                                 save_on_exception=save_on_exception)
+  step = jh.wrap(train_step, hooks=[saver])
+  state = step.begin(dict_state())
+  for _ in range(4):
+    state, _, _ = step(state, jnp.ones(2))
+  with pytest.raises(ValueError, match="bad batch") as info:
+    step(state, None)
+  return saver, state, info
+
+
 @pytest.mark.parametrize("save_on_exception, steps", [(False, [3]),
                                                        (True, [3, 4])])
 def test_exception_skips_the_final_save_unless_asked(tmp_path,
                                                      save_on_exception, steps):
-  saver = jh.CheckpointSaverHook(tmp_path, save_steps=3,
-                                 save_on_exception=save_on_exception)
-  step = jh.wrap(_boom_step, hooks=[saver])
-  state = step.begin(dict_state())
-  for _ in range(4):
-    state, _, _ = step(state, jnp.ones(2))
-  with pytest.raises(ValueError, match="bad batch"):
-    step(state, None)
+  saver, state, _ = _four_steps_then_fail(tmp_path, _boom_step,
+                                          save_on_exception)
   assert on_disk(tmp_path) == steps and saver.manager is None
   if save_on_exception:  # the last good state, step 4
     restored, _ = train([jh.StopAtStepHook(last_step=4),
@@ -229,14 +237,7 @@ def _donate_then_fail(state, batch):
 
 def test_exception_after_donation_keeps_the_last_checkpoint(tmp_path, caplog):
   caplog.set_level(logging.ERROR, logger="jaxhooks")
-  saver = jh.CheckpointSaverHook(tmp_path, save_steps=3,
-                                 save_on_exception=True)
-  step = jh.wrap(_donate_then_fail, hooks=[saver])
-  state = step.begin(dict_state())
-  for _ in range(4):
-    state, _, _ = step(state, jnp.ones(2))
-  with pytest.raises(ValueError, match="bad batch") as info:
-    step(state, None)
+  saver, state, info = _four_steps_then_fail(tmp_path, _donate_then_fail, True)
   assert state["w"].is_deleted()
   note = ("the train state of step 4 was donated to the failed step call, "
           "so it cannot be saved; the last checkpoint (step 3) is kept.")
