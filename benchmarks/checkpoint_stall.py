@@ -1,18 +1,25 @@
 """How long a checkpoint save blocks the training loop: async vs sync.
 
 A train state of at least 256 MB (params and one optimizer moment, float32)
-is trained by a donated, nearly free jitted step, so that the time of the
-step call that saves is the time the loop is blocked by the save (the
-finiteness check, the copy off the device, and for a synchronous save the
-write itself). Async and sync saves of the same state alternate in one
-process; the script prints medians and their ratio.
+is trained by a nearly free jitted step. A save's stall is the time from the
+start of the step call that saves until the state of the step after it is
+ready, minus the same for two steps without a save: it counts what the save
+step blocks (finiteness check, snapshot, a synchronous write) and what the
+next step waits for (a donated state that is still being read).
+
+Both kinds of train step are measured: one that donates its state
+(``jax.jit(..., donate_argnums=0)``), whose arrays the next call overwrites,
+and one that does not. For each, async and sync saves of the same state
+alternate in one process, with Orbax's own async ``CheckpointManager`` on the
+bare state as a peer row. The script prints medians and the ratios.
 
   python benchmarks/checkpoint_stall.py [--mb 256] [--reps 7] [--dir DIR]
 
-Target: an async save blocks the loop for at most 1/4 of a sync save.
+Target: an async save stalls the loop for at most 1/4 of a sync save.
 """
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -22,6 +29,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import jaxhooks as jh  # noqa: E402
@@ -40,24 +48,50 @@ def _train_step(state, batch):
   return {**state, "step": state["step"] + 1}, {}
 
 
-train_step = jax.jit(_train_step, donate_argnums=0)
+STEPS = {True: jax.jit(_train_step, donate_argnums=0),
+         False: jax.jit(_train_step)}
 
 
-def one_save(state: dict, directory: str, *, async_save: bool):
-  """Runs 2 steps, the second saves; returns (state, blocked, written)."""
-  saver = jh.CheckpointSaverHook(directory, save_steps=2, max_to_keep=1,
+def two_steps(step, state):
+  """Runs two step calls; returns (state, seconds until the second's state
+  is ready)."""
+  t0 = time.perf_counter()
+  state, _, _ = step(state)
+  state, _, _ = step(state)
+  jax.block_until_ready(state)
+  return state, time.perf_counter() - t0
+
+
+def one_save(state: dict, directory: str, *, async_save: bool,
+             donate: bool):
+  """Runs 4 steps, the third saves; returns (state, stall, written)."""
+  saver = jh.CheckpointSaverHook(directory, save_steps=3, max_to_keep=1,
                                  async_save=async_save,
                                  save_on_preemption=False)
-  step = jh.wrap(train_step, hooks=[saver])
+  step = jh.wrap(STEPS[donate], hooks=[saver])
   state = step.begin(state)
-  state, _, _ = step(state)                 # step 1: no save
-  jax.block_until_ready(state)
+  state, plain = two_steps(step, state)     # steps 1, 2: no save
   t0 = time.perf_counter()
-  state, _, _ = step(state)                 # step 2: saves
-  blocked = time.perf_counter() - t0
-  step.end(state)                           # waits for the write
+  state, with_save = two_steps(step, state)  # steps 3 (saves), 4
+  step.end(state)                            # waits for the write
   written = time.perf_counter() - t0
-  return state, blocked, written
+  return state, with_save - plain, written
+
+
+def orbax_save(state: dict, directory: str, *, donate: bool):
+  """The peer: Orbax's async manager saves the state between two steps."""
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(
+          enable_async_checkpointing=True))
+  step = lambda s: STEPS[donate](s, None)  # noqa: E731
+  state, plain = two_steps(step, state)
+  t0 = time.perf_counter()
+  manager.save(1, args=ocp.args.StandardSave(state))
+  state, with_save = two_steps(step, state)
+  manager.wait_until_finished()
+  written = time.perf_counter() - t0
+  manager.close()
+  return state, with_save - plain, written
 
 
 def main():
@@ -72,36 +106,52 @@ def main():
   size = sum(x.nbytes for x in jax.tree_util.tree_leaves(state))
   print(f"state: {size / 2**20:.0f} MiB, devices: {jax.devices()}, "
         f"dir: {root}")
-  results = {True: ([], []), False: ([], [])}
+  kinds = ("async", "sync", "orbax-async")
+  runs = {(d, k): ([], []) for d in (True, False) for k in kinds}
   for rep in range(args.reps + 1):          # rep 0 warms up (compiles)
-    for async_save in (True, False):
-      # A step of the state's own: each run starts a fresh directory.
-      state = {**state, "step": jnp.asarray(0, jnp.int32)}
-      directory = os.path.join(root, f"{'async' if async_save else 'sync'}"
-                               f"-{rep}")
-      state, blocked, written = one_save(state, directory,
-                                         async_save=async_save)
-      shutil.rmtree(directory)
-      if rep:
-        results[async_save][0].append(blocked)
-        results[async_save][1].append(written)
-  med = {k: (statistics.median(b), statistics.median(w))
-         for k, (b, w) in results.items()}
-  for async_save, name in ((True, "async"), (False, "sync")):
-    blocked = ", ".join(f"{b * 1e3:.0f}" for b in results[async_save][0])
-    print(f"{name:5s} save: loop blocked median {med[async_save][0] * 1e3:7.1f}"
-          f" ms (runs: {blocked}); written after "
-          f"{med[async_save][1] * 1e3:7.1f} ms")
+    for donate in (True, False):
+      for kind in kinds:
+        # A step of the state's own: each run starts a fresh directory.
+        state = {**state, "step": jnp.asarray(0, jnp.int32)}
+        directory = os.path.join(root, f"{kind}-{donate}-{rep}")
+        if kind == "orbax-async":
+          state, stall, written = orbax_save(state, directory, donate=donate)
+        else:
+          state, stall, written = one_save(
+              state, directory, async_save=kind == "async", donate=donate)
+        shutil.rmtree(directory)
+        if rep:
+          runs[donate, kind][0].append(stall)
+          runs[donate, kind][1].append(written)
+  med = {key: (statistics.median(s), statistics.median(w))
+         for key, (s, w) in runs.items()}
+  summary = {}
+  for donate in (True, False):
+    name = "donated" if donate else "not donated"
+    print(f"-- train step {'donates' if donate else 'does not donate'} "
+          "its state")
+    for kind in kinds:
+      stalls = ", ".join(f"{s * 1e3:.0f}" for s in runs[donate, kind][0])
+      print(f"{kind:12s} loop stalled median "
+            f"{med[donate, kind][0] * 1e3:7.1f} ms (runs: {stalls}); "
+            f"written after {med[donate, kind][1] * 1e3:7.1f} ms")
+    sync = med[donate, "sync"][0]
+    summary[name] = {k: round(med[donate, k][0] * 1e3, 1) for k in kinds}
+    summary[name]["ratio_async_sync"] = round(
+        med[donate, "async"][0] / sync, 3)
+    summary[name]["ratio_orbax_async_sync"] = round(
+        med[donate, "orbax-async"][0] / sync, 3)
   checks = []
   for _ in range(args.reps):
     t0 = time.perf_counter()
     bool(checkpoint_io.all_finite(state))
     checks.append(time.perf_counter() - t0)
-  print(f"of which the finiteness check of the state: median "
-        f"{statistics.median(checks) * 1e3:.1f} ms (in both)")
-  ratio = med[True][0] / med[False][0]
-  print(f"ratio async/sync blocked time: {ratio:.3f} "
-        f"(target <= 0.25: {'met' if ratio <= 0.25 else 'NOT met'})")
+  summary["finiteness_check_ms"] = round(statistics.median(checks) * 1e3, 1)
+  print(json.dumps(summary, indent=1))
+  for name in ("donated", "not donated"):
+    ratio = summary[name]["ratio_async_sync"]
+    print(f"{name}: ratio async/sync stall {ratio:.3f} (target <= 0.25: "
+          f"{'met' if ratio <= 0.25 else 'NOT met'})")
   if not args.dir:
     shutil.rmtree(root, ignore_errors=True)
 

@@ -37,6 +37,7 @@ from jaxhooks import checkpoint_io as cio
 from jaxhooks.errors import CheckpointError, NonFiniteStateError
 from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
 from jaxhooks.preemption import PreemptionNotice, preemption_reached
+from jaxhooks.snapshot import BackgroundWriter
 from jaxhooks.timer import Clock, SecondOrStepTimer, check_period
 
 __all__ = ["CheckpointSaverHook", "CheckpointSaverListener"]
@@ -116,8 +117,10 @@ class CheckpointSaverHook(Hook):
     save_on_start: save the state training starts from (TF1 saved it in
       ``after_create_session``), unless that step is already on disk.
     listeners: ``CheckpointSaverListener`` objects.
-    async_save: write in the background (Orbax async checkpointing); the loop
-      is blocked only while the state is copied off the device.
+    async_save: write in the background; the loop is blocked for the
+      finiteness check and, when the next step call donates the state, a
+      copy of it (see ``jaxhooks.snapshot``). One process writes on a worker
+      thread of its own; several use Orbax's async checkpointing.
     save_on_preemption: handle SIGTERM: save at the agreed step, wait, stop.
     save_on_exception: when the loop dies of an exception, save the last good
       state (if finite and not already saved). A state donated to the failed
@@ -205,6 +208,7 @@ class CheckpointSaverHook(Hook):
     self._on_nonfinite = on_nonfinite
     self._notice = PreemptionNotice()
     self._manager = None
+    self._writer: Optional[BackgroundWriter] = None
     self._hooks: Tuple[Hook, ...] = (self,)
     self._coord = None
     self._poll_service = False
@@ -261,7 +265,11 @@ class CheckpointSaverHook(Hook):
     if self._manager is None:
       return
     try:
+      if self._writer is not None:
+        self._writer.wait()
       self._manager.wait_until_finished()
+    except CheckpointError:
+      raise
     except Exception as e:
       raise CheckpointError(
           f"Writing a checkpoint to `checkpoint_dir` {self.checkpoint_dir!r} "
@@ -272,10 +280,15 @@ class CheckpointSaverHook(Hook):
   def begin(self) -> None:
     index = jax.process_index()
     cio.check_writable(self.checkpoint_dir, index)
+    # Orbax's own async saves run their barriers across processes; one
+    # process writes synchronously on the worker thread instead.
+    several = jax.process_count() > 1
     self._manager = cio.make_manager(
         self.checkpoint_dir, max_to_keep=self._max_to_keep,
         keep_period=self._keep_period, best_metric=self._best_metric,
-        best_mode=self._best_mode, async_save=self._async)
+        best_mode=self._best_mode, async_save=self._async and several)
+    self._writer = (BackgroundWriter() if self._async and not several
+                    else None)
     self.last_saved_step = self.restored_step = None
     self._pending = self._captured = None
     if self._timer is not None:
@@ -375,7 +388,8 @@ class CheckpointSaverHook(Hook):
   def end(self, session: Session) -> None:
     try:
       if session.step != self.last_saved_step:
-        self._save(session, finite=None, metrics=self._end_metrics(session))
+        self._save(session, finite=None, metrics=self._end_metrics(session),
+                   last=True)
       self.wait_until_finished()
       for listener in self._listeners:
         listener.end(session, session.step)
@@ -394,7 +408,8 @@ class CheckpointSaverHook(Hook):
           log.error("While stopping on %s: %s", type(exc).__name__, note)
           exc.add_note(f"jaxhooks: checkpoint not saved: {note}")
         else:
-          self._save(session, finite=None, metrics=None, failing=True)
+          self._save(session, finite=None, metrics=None, last=True,
+                     failing=True)
       self.wait_until_finished()
     except Exception as e:  # report, but keep the original exception
       log.error("While stopping on %s: %s", type(exc).__name__, e)
@@ -416,10 +431,10 @@ class CheckpointSaverHook(Hook):
         outputs[self._best_metric]))}
 
   def _save(self, session: Session, *, finite: Optional[bool],
-            metrics: Optional[dict], failing: bool = False
-            ) -> Tuple[bool, bool]:
-    """Saves ``session.state`` at ``session.step``; returns
-    ``(saved, stop_requested_by_a_listener)``."""
+            metrics: Optional[dict], last: bool = False,
+            failing: bool = False) -> Tuple[bool, bool]:
+    """Saves ``session.state`` at ``session.step`` (``last``: no step
+    call follows); returns ``(saved, stop_requested_by_a_listener)``."""
     step = session.step
     if finite is None:
       finite = bool(jax.device_get(cio.all_finite(session.state)))
@@ -435,18 +450,28 @@ class CheckpointSaverHook(Hook):
       return False, False
     for listener in self._listeners:
       listener.before_save(session, step)
-    items = {cio.STATE: cio.ocp.args.StandardSave(session.state),
-             cio.HOOKS: cio.ocp.args.JsonSave(cio.hook_states(self._hooks))}
+    items = {cio.HOOKS: cio.ocp.args.JsonSave(cio.hook_states(self._hooks))}
     if self._data is not None:
       items[cio.DATA] = cio.ocp.args.JsonSave(
           cio.to_json(self._data[0](), where="the data iterator's state"))
-    try:
-      self._manager.save(step, args=cio.ocp.args.Composite(**items),
-                         metrics=metrics, force=True)
-    except Exception as e:
-      raise CheckpointError(
-          f"Saving step {step} to `checkpoint_dir` {self.checkpoint_dir!r} "
-          f"failed: {type(e).__name__}: {e}") from e
+    manager = self._manager
+
+    def write(state: Any) -> None:
+      try:
+        manager.save(step, args=cio.ocp.args.Composite(
+            **items, **{cio.STATE: cio.ocp.args.StandardSave(state)}),
+                     metrics=metrics, force=True)
+      except Exception as e:
+        raise CheckpointError(
+            f"Saving step {step} to `checkpoint_dir` "
+            f"{self.checkpoint_dir!r} failed: {type(e).__name__}: {e}"
+        ) from e
+
+    if self._writer is None:
+      write(session.state)
+    else:
+      self._writer.submit(write, session.state,
+                          donated=session.donates_state and not last)
     self.last_saved_step = step
     stop = False
     for listener in self._listeners:
@@ -455,6 +480,14 @@ class CheckpointSaverHook(Hook):
 
   def _close(self) -> None:
     self._notice.uninstall()
+    writer, self._writer = self._writer, None
+    try:
+      if writer is not None:
+        writer.close()
+    finally:
+      self._close_manager()
+
+  def _close_manager(self) -> None:
     if self._manager is not None:
       manager, self._manager = self._manager, None
       manager.close()

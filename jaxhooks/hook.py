@@ -126,6 +126,8 @@ class Session(NamedTuple):
     outputs: the outputs of the last step call, or ``None`` before the first.
     process_index: this process's index (``jax.process_index()``).
     process_count: the number of processes (``jax.process_count()``).
+    donates_state: whether the next step call may donate ``state`` (delete
+      its arrays); a hook that keeps arrays of it for later must copy them.
 
   Example:
     >>> import jaxhooks as jh
@@ -141,6 +143,7 @@ class Session(NamedTuple):
   outputs: Any = None
   process_index: int = 0
   process_count: int = 1
+  donates_state: bool = True
 
   @property
   def is_primary(self) -> bool:

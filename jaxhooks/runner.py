@@ -102,6 +102,7 @@ class HookedStep:
     self._values: tuple = ()
     self._plan = Schedule(steps_per_call=steps_per_call, check_every=None)
     self._lagged = None           # (ctx, [(hook, device values)])
+    self._donates = True          # whether the next call may donate the state
 
   # -- lifecycle ------------------------------------------------------------
 
@@ -131,7 +132,8 @@ class HookedStep:
   def session(self) -> Session:
     """An immutable view of the session now."""
     return Session(self._state, self._step, self._outputs,
-                   self.coord.process_index, self.coord.process_count)
+                   self.coord.process_index, self.coord.process_count,
+                   self._donates)
 
   def begin(self, state: Any) -> Any:
     """Runs ``begin``, restore and ``after_create_session``.
@@ -172,6 +174,10 @@ class HookedStep:
           steps_per_call=self._steps_per_call, batch_fn=self._batch_fn,
           donate_state=self._donate)
       self._values = self._program.init_monitors()
+    # The program donates as told; a plain call donates as the train step
+    # does, which is known for a `jax.jit` function only.
+    self._donates = self._donate or (
+        self._program is None and not hasattr(self._train_step, "_jit_info"))
 
   def __call__(self, state: Any, batch: Any = None) -> Tuple[Any, Any, bool]:
     """Runs one call (one step, or up to ``steps_per_call``) with hooks.

@@ -11,7 +11,7 @@ iterator, checkpointing every 4 steps (async) and at the end (step 22, in
 position to OUT_NPZ. Prints ``step N`` after each step and ``saved N`` after
 each save starts. ``--die-at`` makes the process SIGKILL itself:
 ``after_step`` right after step N ran, ``mid_save`` while the save of step N
-is being written. ``--pause-at N`` prints ``paused N`` after step N and waits
+is being written (before its commit). ``--pause-at N`` prints ``paused N`` after step N and waits
 for a line on stdin (the test sends SIGTERM meanwhile). ``--hold`` prints
 ``holding`` at the very end and waits for a line on stdin before exiting (a
 test that kills the process from outside is then sure to find it alive).
@@ -77,14 +77,26 @@ train_step_donated = jax.jit(train_step.__wrapped__, donate_argnums=0)
 
 
 class DieMidSave(jh.CheckpointSaverListener):
+  """Prints each save; kills the process while the save of ``step`` is
+  being written: when the write, all items on disk in the temporary
+  directory, renames it to the step's directory (its commit)."""
 
   def __init__(self, step):
     self.step = step
+    if step >= 0:
+      os.rename = self._rename
+
+  def _rename(self, src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(src)).startswith(
+        f"{self.step}.orbax-checkpoint-tmp"):
+      os.kill(os.getpid(), signal.SIGKILL)
+    return _os_rename(src, dst, *args, **kwargs)
 
   def after_save(self, session, global_step_value):
     print(f"saved {global_step_value}", flush=True)
-    if global_step_value == self.step:
-      os.kill(os.getpid(), signal.SIGKILL)
+
+
+_os_rename = os.rename
 
 
 def main():

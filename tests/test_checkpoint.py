@@ -465,18 +465,30 @@ def test_non_finite_state_can_stop_instead(tmp_path, caplog):
       "(step 2) is kept."] * 2  # in after_run, and the final save in end
 
 
-def test_write_failure_surfaces(tmp_path):
-  saver = jh.CheckpointSaverHook(tmp_path / "c", save_steps=2)
+@pytest.mark.parametrize("async_save", [False, True])
+def test_write_failure_surfaces(tmp_path, async_save):
+  """A sync save fails in the step call that saves; an async one at the
+  next save or, here, in ``end``."""
+  saver = jh.CheckpointSaverHook(tmp_path / "c", save_steps=2,
+                                 async_save=async_save)
   step = jh.wrap(dict_step, hooks=[saver])
   state = step.begin(dict_state())
   os.rmdir(tmp_path / "c")
   (tmp_path / "c").write_text("not a directory any more")
   state, _, _ = step(state, jnp.ones(2))
-  with pytest.raises(jh.CheckpointError,
-                     match=f"Saving step 2 to `checkpoint_dir` '{tmp_path}/c' "
-                           "failed: (NotADirectory|FileNotFound)Error"):
-    step(state, jnp.ones(2))
-  assert saver.manager is None  # closed by on_exception
+  failure = pytest.raises(
+      jh.CheckpointError,
+      match=f"Saving step 2 to `checkpoint_dir` '{tmp_path}/c' "
+            "failed: (NotADirectory|FileNotFound)Error")
+  if async_save:
+    state, _, stop = step(state, jnp.ones(2))
+    assert (step.step, stop, saver.last_saved_step) == (2, False, 2)
+    with failure:
+      step.end(state)
+  else:
+    with failure:
+      step(state, jnp.ones(2))
+  assert saver.manager is None  # closed by end / on_exception
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

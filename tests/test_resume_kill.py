@@ -182,8 +182,10 @@ def _kill_and_resume(start_job, tmp_path, reference, plan, where):
                                "--die-at", at, "--die-how", how)
     assert code == -signal.SIGKILL, f"{where}: rc {code}; {stderr[-2000:]}"
     assert lines[0] == f"start {start}", where
-    assert lines[-1] == (f"saved {at}" if how == "mid_save"
-                         else f"step {at}"), where
+    if how == "mid_save":   # the loop may go on while the save is written
+      assert f"saved {at}" in lines, where
+    else:
+      assert lines[-1] == f"step {at}", where
     done = [s for s in _steps_on_disk(ckpt) if s <= at]
     if how == "mid_save":
       # Killed while step `at` was being written: only its temporary

@@ -1,0 +1,138 @@
+"""Checkpoint writes on a worker thread, from a snapshot of the state.
+
+An async save must let the loop go on while the state is written, and the
+next step call may donate (overwrite) the state's arrays. A snapshot keeps
+what the write reads valid until it is done::
+
+  state not donated        the arrays themselves: JAX arrays are immutable,
+                           so holding them is enough (no copy at all)
+  donated, on one CPU      a copy into host buffers that are kept and
+  device                   reused from save to save (a memcpy)
+  donated, elsewhere       a copy on the device (one jitted call, dispatched
+                           asynchronously: the device copies while the
+                           loop goes on)
+
+``BackgroundWriter.submit`` waits for the previous write (one at a time, so
+host buffers are reused and a failed write is reported), takes the snapshot
+and hands the write to a worker thread. ``wait`` blocks until the write is
+done and raises its error.
+
+Holding a donated array instead would be worse than a synchronous save: JAX
+then copies the state for the next step call instead of donating it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["snapshot", "BackgroundWriter"]
+
+
+@jax.jit
+def _device_copy(leaves: list) -> list:
+  return [jnp.copy(x) for x in leaves]
+
+
+def _on_one_cpu(x: Any) -> bool:
+  return (isinstance(x, jax.Array) and x.is_fully_addressable
+          and len(x.sharding.device_set) == 1
+          and next(iter(x.sharding.device_set)).platform == "cpu")
+
+
+def snapshot(state: Any, *, donated: bool,
+             buffers: Optional[Dict[int, np.ndarray]] = None) -> Any:
+  """A tree with the values of ``state`` that stays valid when the next
+  step call donates ``state``.
+
+  Args:
+    state: a pytree of arrays.
+    donated: whether the next step call may donate ``state``'s arrays.
+    buffers: host buffers by leaf index, reused when shape and dtype match
+      (filled in here); ``None``: fresh ones.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> state = {"w": jnp.arange(3.0)}
+    >>> snapshot(state, donated=False)["w"] is state["w"]
+    True
+    >>> snap = snapshot(state, donated=True)
+    >>> type(snap["w"]).__name__, snap["w"].tolist()
+    ('ndarray', [0.0, 1.0, 2.0])
+  """
+  if not donated:
+    return state
+  leaves, treedef = jax.tree_util.tree_flatten(state)
+  buffers = {} if buffers is None else buffers
+  out = list(leaves)
+  on_device = []
+  for i, x in enumerate(leaves):
+    if _on_one_cpu(x):
+      buf = buffers.get(i)
+      if buf is None or buf.shape != x.shape or buf.dtype != x.dtype:
+        buf = buffers[i] = np.empty(x.shape, x.dtype)
+      np.copyto(buf, np.asarray(x))
+      out[i] = buf
+    elif isinstance(x, jax.Array):
+      on_device.append(i)
+  if on_device:
+    for i, y in zip(on_device, _device_copy([leaves[i] for i in on_device])):
+      out[i] = y
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+class BackgroundWriter:
+  """Runs writes of state snapshots on one worker thread, one at a time.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> written = []
+    >>> writer = BackgroundWriter()
+    >>> writer.submit(lambda s: written.append(s["w"].tolist()),
+    ...               {"w": jnp.ones(2)}, donated=True)
+    >>> writer.wait(); written
+    [[1.0, 1.0]]
+    >>> writer.close()
+  """
+
+  def __init__(self):
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="jaxhooks-checkpoint")
+    self._future: Optional[concurrent.futures.Future] = None
+    self._buffers: Dict[int, np.ndarray] = {}
+
+  @property
+  def pending(self) -> bool:
+    """True while a write is submitted and not yet waited for."""
+    return self._future is not None
+
+  def submit(self, write: Callable[[Any], None], state: Any, *,
+             donated: bool) -> None:
+    """Waits for the previous write, snapshots ``state`` and starts
+    ``write(snapshot)`` on the worker thread.
+
+    Raises:
+      Exception: the previous write's error (this write is not started).
+    """
+    self.wait()
+    snap = snapshot(state, donated=donated, buffers=self._buffers)
+    self._future = self._pool.submit(write, snap)
+
+  def wait(self) -> None:
+    """Blocks until the submitted write is done; raises its error."""
+    future, self._future = self._future, None
+    if future is not None:
+      future.result()
+
+  def close(self) -> None:
+    """Waits for the write in flight (raising its error), then frees the
+    thread and the host buffers."""
+    try:
+      self.wait()
+    finally:
+      self._pool.shutdown(wait=True)
+      self._buffers.clear()
