@@ -2,10 +2,12 @@
 
 A train state of at least 256 MB (params and one optimizer moment, float32)
 is trained by a nearly free jitted step. A save's stall is the time from the
-start of the step call that saves until the state of the step after it is
-ready, minus the same for two steps without a save: it counts what the save
-step blocks (finiteness check, snapshot, a synchronous write) and what the
-next step waits for (a donated state that is still being read).
+start of the step call before the one that saves until the state of the
+step after the save is ready, minus the same for steps without a save: it
+counts what the save blocks (finiteness check, snapshot, a synchronous
+write) and what the next step waits for (a donated state that is still
+being read). Each kind of save runs in one session, as in training, with
+a save every 4 steps; the write is waited for between rounds.
 
 Both kinds of train step are measured: one that donates its state
 (``jax.jit(..., donate_argnums=0)``), whose arrays the next call overwrites,
@@ -62,36 +64,52 @@ def two_steps(step, state):
   return state, time.perf_counter() - t0
 
 
-def one_save(state: dict, directory: str, *, async_save: bool,
-             donate: bool):
-  """Runs 4 steps, the third saves; returns (state, stall, written)."""
-  saver = jh.CheckpointSaverHook(directory, save_steps=3, max_to_keep=1,
-                                 async_save=async_save,
-                                 save_on_preemption=False)
-  step = jh.wrap(STEPS[donate], hooks=[saver])
-  state = step.begin(state)
-  state, plain = two_steps(step, state)     # steps 1, 2: no save
-  t0 = time.perf_counter()
-  state, with_save = two_steps(step, state)  # steps 3 (saves), 4
-  step.end(state)                            # waits for the write
-  written = time.perf_counter() - t0
-  return state, with_save - plain, written
+class Hooked:
+  """A session that saves every 4th step, as training does: one hook for
+  all its saves (its host buffers are reused)."""
+
+  def __init__(self, state, directory, *, async_save, donate):
+    self.saver = jh.CheckpointSaverHook(directory, save_steps=4,
+                                        max_to_keep=1, async_save=async_save,
+                                        save_on_preemption=False)
+    self.step = jh.wrap(STEPS[donate], hooks=[self.saver])
+    self.state, _, _ = self.step(self.step.begin(state))   # step 1
+
+  def round(self):
+    """Steps 4k+2..4k+5; the save at 4k+4. Returns (stall, written): the
+    pair of steps from the save on minus the pair before, and the time
+    until the write is done."""
+    self.state, plain = two_steps(self.step, self.state)
+    t0 = time.perf_counter()
+    self.state, with_save = two_steps(self.step, self.state)
+    self.saver.wait_until_finished()
+    return with_save - plain, time.perf_counter() - t0
+
+  def close(self):
+    self.step.end(self.state)
 
 
-def orbax_save(state: dict, directory: str, *, donate: bool):
-  """The peer: Orbax's async manager saves the state between two steps."""
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(
-          enable_async_checkpointing=True))
-  step = lambda s: STEPS[donate](s, None)  # noqa: E731
-  state, plain = two_steps(step, state)
-  t0 = time.perf_counter()
-  manager.save(1, args=ocp.args.StandardSave(state))
-  state, with_save = two_steps(step, state)
-  manager.wait_until_finished()
-  written = time.perf_counter() - t0
-  manager.close()
-  return state, with_save - plain, written
+class OrbaxAsync:
+  """The peer: Orbax's async manager saves the bare state every 4th step."""
+
+  def __init__(self, state, directory, *, donate):
+    self.manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, enable_async_checkpointing=True))
+    self.step = lambda s: (*STEPS[donate](s, None), False)  # noqa: E731
+    self.state, self.n = state, 0
+
+  def round(self):
+    self.state, plain = two_steps(self.step, self.state)
+    self.n += 4
+    t0 = time.perf_counter()
+    self.manager.save(self.n, args=ocp.args.StandardSave(self.state))
+    self.state, with_save = two_steps(self.step, self.state)
+    self.manager.wait_until_finished()
+    return time.perf_counter() - t0 - plain, time.perf_counter() - t0
+
+  def close(self):
+    self.manager.close()
 
 
 def main():
@@ -108,21 +126,25 @@ def main():
         f"dir: {root}")
   kinds = ("async", "sync", "orbax-async")
   runs = {(d, k): ([], []) for d in (True, False) for k in kinds}
+  sessions = {}
+  for donate in (True, False):
+    for kind in kinds:
+      own = jax.tree_util.tree_map(jnp.copy, state)
+      directory = os.path.join(root, f"{kind}-{donate}")
+      sessions[donate, kind] = (
+          OrbaxAsync(own, directory, donate=donate) if kind == "orbax-async"
+          else Hooked(own, directory, async_save=kind == "async",
+                      donate=donate))
+  del state
   for rep in range(args.reps + 1):          # rep 0 warms up (compiles)
-    for donate in (True, False):
-      for kind in kinds:
-        # A step of the state's own: each run starts a fresh directory.
-        state = {**state, "step": jnp.asarray(0, jnp.int32)}
-        directory = os.path.join(root, f"{kind}-{donate}-{rep}")
-        if kind == "orbax-async":
-          state, stall, written = orbax_save(state, directory, donate=donate)
-        else:
-          state, stall, written = one_save(
-              state, directory, async_save=kind == "async", donate=donate)
-        shutil.rmtree(directory)
-        if rep:
-          runs[donate, kind][0].append(stall)
-          runs[donate, kind][1].append(written)
+    for key, session in sessions.items():
+      stall, written = session.round()
+      if rep:
+        runs[key][0].append(stall)
+        runs[key][1].append(written)
+  for session in sessions.values():
+    session.close()
+  state = sessions[True, "sync"].state
   med = {key: (statistics.median(s), statistics.median(w))
          for key, (s, w) in runs.items()}
   summary = {}
