@@ -30,7 +30,8 @@ from jaxhooks.nan_hook import NanTensorHook
 from jaxhooks.preemption import PreemptionNotice
 from jaxhooks.profiler_hook import ProfilerHook
 from jaxhooks.progress import ProgressBarHook
-from jaxhooks.runner import HookedStep, wrap
+from jaxhooks.runner import HookedStep
+from jaxhooks.wrapper import wrap
 from jaxhooks.session import MonitoredTrainingSession
 from jaxhooks.stop_hooks import GlobalStepWaiterHook, StopAtStepHook
 from jaxhooks.summary_hook import SummarySaverHook

@@ -33,13 +33,13 @@ from jaxhooks.program import (StepProgram, check_step_result, donates_state,
                               merge_feeds)
 from jaxhooks.schedule import Schedule
 
-__all__ = ["wrap", "HookedStep"]
+__all__ = ["HookedStep"]
 
 _NEW, _RUNNING, _STOPPED, _FAILED, _ENDED = range(5)
 
 
 class HookedStep:
-  """A train step with hooks; build it with :func:`wrap`.
+  """A train step with hooks; build it with :func:`jaxhooks.wrap`.
 
   Attributes:
     hooks: the hooks, in call order.
@@ -103,6 +103,10 @@ class HookedStep:
     self._plan = Schedule(steps_per_call=steps_per_call, check_every=None)
     self._lagged = None           # (ctx, [(hook, device values)])
     self._donates = True          # whether the next call may donate the state
+    # The quiet path (see _set_quiet): calls from a step below this run no
+    # hook, unless coord is woken or one of these due() says so.
+    self._quiet_until: Any = -1
+    self._due: Tuple[Callable[[], bool], ...] = ()
 
   # -- lifecycle ------------------------------------------------------------
 
@@ -163,6 +167,7 @@ class HookedStep:
       hook.after_create_session(session, self.coord)
     self._replan(self._step)
     self._plan.full_next = True  # the first call runs every hook
+    self._set_quiet()
     return state
 
   def _build_program(self) -> None:
@@ -197,6 +202,22 @@ class HookedStep:
     start, outputs = self._step, self._outputs
     values, lagged = self._values, self._lagged
     try:
+      quiet = start < self._quiet_until and not coord.awake
+      if quiet:
+        for due in self._due:
+          if due():
+            quiet = False
+            break
+      if quiet:  # one step, no hook acts: dispatch and count, nothing else
+        program = self._program
+        if program is None:
+          new_state, new_outputs = self._train_step(state, batch)
+        else:
+          new_state, new_outputs, self._values = program.jitted(
+              state, batch, values)
+        self._step = start + 1
+        self._state, self._outputs = new_state, new_outputs
+        return new_state, new_outputs, False
       plan = self._plan
       n = plan.chunk(start)
       hooks = plan.select(start, n, coord.awake)
@@ -331,6 +352,16 @@ class HookedStep:
     self.coord.awake = False   # before asking: a notice from now on counts
     self._plan.update(self.hooks, step, self._others)
     self._plan.full_next = self._lagged is not None
+    self._set_quiet()
+
+  def _set_quiet(self) -> None:
+    """Plans the quiet path of ``__call__``: what ``Schedule.select`` says
+    of one-step calls, as a bound on the step and the due() checks."""
+    plan, program = self._plan, self._program
+    one_step = plan.steps_per_call == 1 and not (program and program.fused)
+    self._quiet_until = (plan.horizon - 1 if one_step and not plan.full_next
+                         else -1)
+    self._due = tuple(h.due for h in plan.each_call)
 
   def end(self, state: Any = None) -> Any:
     """Runs every hook's ``end`` with the final state and returns it.
@@ -385,72 +416,3 @@ class HookedStep:
           f"The device step is {int(device_step)} but {host_step} steps were "
           "counted on the host: `train_step` must add exactly 1 to the "
           "step of the state per call (or `step_fn` reads the wrong value).")
-
-
-def wrap(train_step: Callable[[Any, Any], Tuple[Any, Any]],
-         hooks: Sequence[Hook] = (), *,
-         step_fn: Optional[Callable[[Any], Any]] = None,
-         coord: Optional[Coordinator] = None,
-         steps_per_call: int = 1,
-         batch_fn: Optional[Callable[[Any, Any], Any]] = None,
-         lag_fetches: bool = False,
-         donate_state: Optional[bool] = None) -> HookedStep:
-  """Wraps a train step ``(state, batch) -> (state, outputs)`` with hooks.
-
-  Args:
-    train_step: usually a ``jax.jit`` function. Called as is (jaxhooks adds
-      no program) unless a hook keeps device monitors (``NanTensorHook``) or
-      ``steps_per_call > 1``: then one program of jaxhooks runs it.
-    hooks: the hooks, called in this order.
-    step_fn: returns the completed-update count of a state; by default
-      ``state.step`` (or ``state["step"]``).
-    coord: the stop coordinator; by default a ``DistributedCoordinator``
-      in a multi-process job, else a single-process ``Coordinator``.
-    steps_per_call: run up to this many steps per call in one dispatch (a
-      ``fori_loop`` on the device). Each call is cut to end exactly at the
-      next step some hook acts on; ``steps_next_call`` says how many steps
-      the next call runs. Each call's batch is then stacked on a leading
-      axis of that many rows, unless ``batch_fn`` is given.
-    batch_fn: ``batch_fn(batch, step) -> batch``, traced on the device for
-      each step (``step``: the completed steps before it), e.g. a slice of
-      a device-resident data set passed as the call's ``batch``.
-    lag_fetches: hand the values that hooks with
-      ``accepts_lagged_fetches`` fetch at step N to their ``after_run``
-      while the next call runs, so the loop never waits for them. Off when
-      the state is donated (held values may be leaves of it).
-    donate_state: donate the state to the program; by default, as
-      ``train_step`` does (``jax.jit(..., donate_argnums=0)``).
-
-  Returns:
-    A :class:`HookedStep`.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> import jaxhooks as jh
-    >>> @jax.jit
-    ... def train_step(state, batch):
-    ...   w = state["w"] - 0.1 * batch
-    ...   return {"w": w, "step": state["step"] + 1}, {"loss": jnp.sum(w**2)}
-    >>> step = jh.wrap(train_step, hooks=[jh.StopAtStepHook(last_step=3)])
-    >>> state = step.begin({"w": jnp.ones(2), "step": jnp.array(0)})
-    >>> stop = step.should_stop
-    >>> while not stop:
-    ...   state, outputs, stop = step(state, jnp.ones(2))
-    >>> int(step.end(state)["step"])
-    3
-
-    Five steps per dispatch, cut to stop exactly at step 12:
-
-    >>> step = jh.wrap(train_step, hooks=[jh.StopAtStepHook(last_step=12)],
-    ...                steps_per_call=5)
-    >>> state = step.begin({"w": jnp.ones(2), "step": jnp.array(0)})
-    >>> calls = []
-    >>> while not step.should_stop:
-    ...   calls.append(step.steps_next_call)
-    ...   state, _, _ = step(state, jnp.ones((calls[-1], 2)))
-    >>> calls, int(step.end(state)["step"])
-    ([5, 5, 2], 12)
-  """
-  return HookedStep(train_step, hooks, step_fn=step_fn, coord=coord,
-                    steps_per_call=steps_per_call, batch_fn=batch_fn,
-                    lag_fetches=lag_fetches, donate_state=donate_state)

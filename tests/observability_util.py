@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxhooks import fetch, runner
+import jaxhooks as jh
+from jaxhooks import fetch
 
 
 def scripted_step(losses):
@@ -46,7 +47,7 @@ class FakeClock:
 
 def run(train_step, hooks, state=None, *, max_calls=10_000):
   """Drives ``wrap(train_step, hooks)`` to its stop; returns the HookedStep."""
-  step = runner.wrap(train_step, hooks)
+  step = jh.wrap(train_step, hooks)
   state = step.begin(state_at() if state is None else state)
   calls = 0
   while not step.should_stop:
