@@ -27,7 +27,6 @@ of the hooks placed before it: put it after hooks whose counters it saves
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -36,44 +35,15 @@ import jax
 from jaxhooks import checkpoint_io as cio
 from jaxhooks.errors import CheckpointError, NonFiniteStateError
 from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
+from jaxhooks.checkpoint_listener import CheckpointSaverListener
+from jaxhooks.checkpoint_restore import restore_checkpoint
 from jaxhooks.preemption import PreemptionNotice, preemption_reached
-from jaxhooks.snapshot import BackgroundWriter
+from jaxhooks.snapshot import BackgroundWriter, was_donated
 from jaxhooks.timer import Clock, SecondOrStepTimer, check_period
 
 __all__ = ["CheckpointSaverHook", "CheckpointSaverListener"]
 
 log = logging.getLogger("jaxhooks")
-
-
-class CheckpointSaverListener:
-  """Called around ``CheckpointSaverHook``'s saves (TensorFlow's listener).
-
-  Example:
-    >>> class Announce(CheckpointSaverListener):
-    ...   def after_save(self, session, global_step_value):
-    ...     print("saved", global_step_value)
-    ...     return global_step_value >= 10   # True requests stop
-    >>> Announce().after_save(None, 10)
-    saved 10
-    True
-  """
-
-  def begin(self) -> None:
-    """Called in the hook's ``begin``."""
-
-  def before_save(self, session: Session, global_step_value: int) -> None:
-    """Called before a save is started."""
-
-  def after_save(self, session: Session,
-                 global_step_value: int) -> Optional[bool]:
-    """Called once the save is started (async) or written (sync); return
-    ``True`` to stop training after this step. In a multi-process job a
-    request made on some processes only is agreed by the coordinator at its
-    next check step."""
-    return None
-
-  def end(self, session: Session, global_step_value: int) -> None:
-    """Called at the end, after the final save is written."""
 
 
 def _check_int(name: str, value: Any, minimum: int) -> Optional[int]:
@@ -83,18 +53,6 @@ def _check_int(name: str, value: Any, minimum: int) -> Optional[int]:
     raise ValueError(f"`{name}` must be an int >= {minimum} or None, got "
                      f"{value!r}.")
   return value
-
-
-def _donated(state: Any) -> bool:
-  """True when an array of ``state`` was deleted (donated to a jitted call)."""
-  return any(isinstance(x, jax.Array) and x.is_deleted()
-             for x in jax.tree_util.tree_leaves(state))
-
-
-def _absolute(path: Any) -> str:
-  """A local path made absolute (Orbax needs that); URLs stay as they are."""
-  path = os.fspath(path)
-  return path if "://" in path else os.path.abspath(path)
 
 
 class CheckpointSaverHook(Hook):
@@ -196,9 +154,9 @@ class CheckpointSaverHook(Hook):
       if not isinstance(listener, CheckpointSaverListener):
         raise TypeError(f"`listeners[{i}]` must be a CheckpointSaverListener,"
                         f" got {listener!r}.")
-    self._data = self._data_pair(data_iterator, data_state)
+    self._data = cio.data_position_functions(data_iterator, data_state)
     check_period("save_secs", save_secs)
-    self.checkpoint_dir = _absolute(checkpoint_dir)
+    self.checkpoint_dir = cio.absolute(checkpoint_dir)
     self._best_metric, self._best_mode = best_metric, best_mode
     self._save_on_start = bool(save_on_start)
     self._listeners = tuple(listeners)
@@ -216,25 +174,6 @@ class CheckpointSaverHook(Hook):
     self._captured = None     # the new state, captured by the fetch
     self.last_saved_step: Optional[int] = None
     self.restored_step: Optional[int] = None
-
-  @staticmethod
-  def _data_pair(iterator: Any, pair: Any) -> Optional[Tuple[Callable, ...]]:
-    if iterator is not None and pair is not None:
-      raise ValueError("Give `data_iterator` or `data_state`, not both; got "
-                       f"{iterator!r} and {pair!r}.")
-    if iterator is not None:
-      if not (callable(getattr(iterator, "get_state", None))
-              and callable(getattr(iterator, "set_state", None))):
-        raise TypeError("`data_iterator` must have `get_state()` and "
-                        f"`set_state(state)` methods, got {iterator!r}.")
-      return iterator.get_state, iterator.set_state
-    if pair is not None:
-      if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-              and all(callable(f) for f in pair)):
-        raise TypeError("`data_state` must be a pair of functions "
-                        f"(get_state, set_state), got {pair!r}.")
-      return tuple(pair)
-    return None
 
   # -- public helpers -------------------------------------------------------
 
@@ -304,7 +243,7 @@ class CheckpointSaverHook(Hook):
     step = self._manager.latest_step()
     if step is None:
       return None
-    restored, hook_states, data = cio.restore_checkpoint(
+    restored, hook_states, data = restore_checkpoint(
         self._manager, step, state, with_data=self._data is not None)
     cio.load_hook_states(self._hooks, hook_states)
     if self._data is not None and data is not None:
@@ -399,7 +338,7 @@ class CheckpointSaverHook(Hook):
   def on_exception(self, session: Session, exc: BaseException) -> None:
     try:
       if self._save_on_exception and session.step != self.last_saved_step:
-        if _donated(session.state):
+        if was_donated(session.state):
           kept = ("no checkpoint was written" if self.last_saved_step is None
                   else f"the last checkpoint (step {self.last_saved_step}) "
                   "is kept")
@@ -450,23 +389,10 @@ class CheckpointSaverHook(Hook):
       return False, False
     for listener in self._listeners:
       listener.before_save(session, step)
-    items = {cio.HOOKS: cio.ocp.args.JsonSave(cio.hook_states(self._hooks))}
-    if self._data is not None:
-      items[cio.DATA] = cio.ocp.args.JsonSave(
-          cio.to_json(self._data[0](), where="the data iterator's state"))
-    manager = self._manager
-
-    def write(state: Any) -> None:
-      try:
-        manager.save(step, args=cio.ocp.args.Composite(
-            **items, **{cio.STATE: cio.ocp.args.StandardSave(state)}),
-                     metrics=metrics, force=True)
-      except Exception as e:
-        raise CheckpointError(
-            f"Saving step {step} to `checkpoint_dir` "
-            f"{self.checkpoint_dir!r} failed: {type(e).__name__}: {e}"
-        ) from e
-
+    data = None if self._data is None else self._data[0]()
+    write = cio.step_writer(self._manager, step, self.checkpoint_dir,
+                            hook_states=cio.hook_states(self._hooks),
+                            data=data, metrics=metrics)
     if self._writer is None:
       write(session.state)
     else:

@@ -1,4 +1,5 @@
-"""What goes into a jaxhooks checkpoint, and how it comes back.
+"""What goes into a jaxhooks checkpoint, and how a step is written
+(``checkpoint_restore`` reads it back).
 
 A checkpoint step directory holds up to three Orbax items::
 
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 from collections.abc import Mapping
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -29,12 +31,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxhooks.errors import CheckpointError, CheckpointMismatchError
+from jaxhooks.errors import CheckpointError
 
 __all__ = [
     "make_manager", "check_writable", "all_finite", "hook_states",
-    "load_hook_states", "to_json", "from_json", "restore_checkpoint",
-    "data_filename", "first_nonfinite_leaf",
+    "load_hook_states", "to_json", "from_json",
+    "data_filename", "first_nonfinite_leaf", "step_writer",
+    "absolute", "data_position_functions",
 ]
 
 log = logging.getLogger("jaxhooks")
@@ -98,6 +101,48 @@ def data_filename(process_index: int) -> str:
   if process_index == 0:
     return "metadata"
   return f"metadata.process_{process_index}"
+
+
+def absolute(path: Any) -> str:
+  """A local path made absolute (Orbax needs that); URLs stay as they are.
+
+  Example:
+    >>> absolute("gs://bucket/run")
+    'gs://bucket/run'
+  """
+  path = os.fspath(path)
+  return path if "://" in path else os.path.abspath(path)
+
+
+def data_position_functions(data_iterator: Any, data_state: Any
+                            ) -> Optional[Tuple[Callable, Callable]]:
+  """``(get_state, set_state)`` of the data position: the iterator's
+  methods, or the given pair, or ``None`` when neither is given.
+
+  Raises:
+    ValueError, TypeError: naming the argument and the value.
+
+  Example:
+    >>> data_position_functions(None, (dict, print)) == (dict, print)
+    True
+  """
+  if data_iterator is not None and data_state is not None:
+    raise ValueError("Give `data_iterator` or `data_state`, not both; got "
+                     f"{data_iterator!r} and {data_state!r}.")
+  if data_iterator is not None:
+    get, put = (getattr(data_iterator, "get_state", None),
+                getattr(data_iterator, "set_state", None))
+    if not (callable(get) and callable(put)):
+      raise TypeError("`data_iterator` must have `get_state()` and "
+                      f"`set_state(state)` methods, got {data_iterator!r}.")
+    return get, put
+  if data_state is not None:
+    if not (isinstance(data_state, (tuple, list)) and len(data_state) == 2
+            and all(callable(f) for f in data_state)):
+      raise TypeError("`data_state` must be a pair of functions "
+                      f"(get_state, set_state), got {data_state!r}.")
+    return tuple(data_state)
+  return None
 
 
 def check_writable(directory: str, process_index: int = 0) -> None:
@@ -170,6 +215,34 @@ def first_nonfinite_leaf(tree: Any) -> Optional[str]:
   finite = jax.device_get(_leaves_finite([x for _, x in flat]))
   bad = [path for (path, _), ok in zip(flat, finite) if not ok]
   return jax.tree_util.keystr(bad[0]) if bad else None
+
+
+def step_writer(manager: ocp.CheckpointManager, step: int, directory: str,
+                *, hook_states: Dict[str, Any], data: Any,
+                metrics: Optional[dict]) -> Callable[[Any], None]:
+  """``write(state)``: saves ``state``, the hooks' states and the data
+  position as checkpoint ``step``. The values other than the state are
+  taken now (on the loop's thread); ``write`` may run on another.
+
+  Raises (from ``write``):
+    CheckpointError: naming the step, the directory and the cause.
+  """
+  items = {HOOKS: ocp.args.JsonSave(hook_states)}
+  if data is not None:
+    items[DATA] = ocp.args.JsonSave(
+        to_json(data, where="the data iterator's state"))
+
+  def write(state: Any) -> None:
+    try:
+      manager.save(step, args=ocp.args.Composite(
+          **items, **{STATE: ocp.args.StandardSave(state)}),
+                   metrics=metrics, force=True)
+    except Exception as e:
+      raise CheckpointError(
+          f"Saving step {step} to `checkpoint_dir` {directory!r} failed: "
+          f"{type(e).__name__}: {e}") from e
+
+  return write
 
 
 # -- JSON values ------------------------------------------------------------
@@ -246,107 +319,3 @@ def load_hook_states(hooks: Iterable[Any], saved: Mapping[str, Any]) -> None:
   if unused:
     log.warning("The checkpoint holds the state of hooks that are not in "
                 "this session, ignored: %s", unused)
-
-
-# -- restore ----------------------------------------------------------------
-
-
-def _path_str(path: Tuple[Any, ...]) -> Tuple[str, ...]:
-  out = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        out.append(str(getattr(k, attr)))
-        break
-    else:
-      out.append(str(k))
-  return tuple(out)
-
-
-def _leaves_by_path(tree: Any) -> Dict[Tuple[str, ...], Any]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {_path_str(p): leaf for p, leaf in flat}
-
-
-def structure_diff(state: Any, saved_tree: Any) -> List[str]:
-  """Differences between a state and the metadata tree of a saved one.
-
-  Example:
-    >>> import numpy as np
-    >>> structure_diff({"w": np.ones(2), "b": np.ones(1)},
-    ...                {"w": np.ones(3), "c": np.ones(1)})
-    ['missing in the checkpoint: b', 'only in the checkpoint: c', 'w: shape (2,) in the state, (3,) in the checkpoint']
-  """
-  want, have = _leaves_by_path(state), _leaves_by_path(saved_tree)
-  diffs = [f"missing in the checkpoint: {'.'.join(p)}"
-           for p in want if p not in have]
-  diffs += [f"only in the checkpoint: {'.'.join(p)}"
-            for p in have if p not in want]
-  for p, leaf in want.items():
-    if p in have:
-      got = getattr(have[p], "shape", None)
-      got = tuple(np.shape(have[p]) if got is None else got)
-      if tuple(np.shape(leaf)) != got:
-        diffs.append(f"{'.'.join(p)}: shape {tuple(np.shape(leaf))} in the "
-                     f"state, {got} in the checkpoint")
-  return diffs
-
-
-def _abstract(leaf: Any) -> Any:
-  if isinstance(leaf, jax.Array):
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-  return leaf
-
-
-def restore_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any,
-                       *, with_data: bool) -> Tuple[Any, Dict[str, Any], Any]:
-  """Restores ``(state, hook_states, data_state)`` of ``step``.
-
-  The train state comes back with the structure, dtypes and shardings of
-  ``state``.
-
-  Raises:
-    CheckpointMismatchError: the saved tree differs from ``state``.
-    CheckpointError: the step directory cannot be read.
-  """
-  where = f"{manager.directory / str(step)}"
-  try:
-    metadata = manager.item_metadata(step)
-    saved_tree = metadata[STATE]
-    saved_tree = getattr(saved_tree, "tree", saved_tree)
-    if saved_tree is None:
-      raise FileNotFoundError(f"no train state item in {where}")
-  except Exception as e:
-    raise CheckpointError(
-        f"The checkpoint of step {step} in {where!r} is corrupted or "
-        f"incomplete ({type(e).__name__}: {e}). Delete that directory to "
-        "resume from the previous checkpoint "
-        f"(steps on disk: {list(manager.all_steps())}).") from e
-  diffs = structure_diff(state, saved_tree)
-  if diffs:
-    shown = "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
-    raise CheckpointMismatchError(
-        f"The checkpoint of step {step} in {where!r} does not match the "
-        f"structure of `state`: {shown}.")
-  data_dir = manager.directory / str(step) / DATA
-  data_file = data_dir / data_filename(jax.process_index())
-  has_data = with_data and DATA in metadata and data_file.exists()
-  if with_data and not has_data and data_dir.exists():
-    log.warning("The checkpoint of step %d holds no data position of process "
-                "%d (no %s); the data iterator is not restored.", step,
-                jax.process_index(), data_file)
-  args = {STATE: ocp.args.StandardRestore(
-      jax.tree_util.tree_map(_abstract, state)),
-          HOOKS: ocp.args.JsonRestore()}
-  if has_data:
-    args[DATA] = ocp.args.JsonRestore()
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(**args))
-  except Exception as e:
-    raise CheckpointError(
-        f"The checkpoint of step {step} in {where!r} could not be read "
-        f"({type(e).__name__}: {e}). It is corrupted: delete that directory "
-        "to resume from the previous checkpoint "
-        f"(steps on disk: {list(manager.all_steps())}).") from e
-  data = from_json(restored[DATA]) if has_data else None
-  return restored[STATE], dict(restored[HOOKS] or {}), data

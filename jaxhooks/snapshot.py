@@ -31,7 +31,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["snapshot", "BackgroundWriter"]
+__all__ = ["snapshot", "BackgroundWriter", "was_donated"]
+
+
+def was_donated(state: Any) -> bool:
+  """True when an array of ``state`` was deleted (donated to a jitted call).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> state = {"w": jnp.ones(2)}
+    >>> _ = jax.jit(lambda s: s, donate_argnums=0)(state)
+    >>> was_donated(state), was_donated({"w": jnp.ones(2)})
+    (True, False)
+  """
+  return any(isinstance(x, jax.Array) and x.is_deleted()
+             for x in jax.tree_util.tree_leaves(state))
 
 
 @jax.jit
