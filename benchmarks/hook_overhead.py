@@ -26,9 +26,12 @@ round by round, each loop runs the same steps:
 
 Each loop is timed from its second call to the end of its last step (the
 device is waited for), with Python's garbage collector paused as ``timeit``
-does; begin/end, compilation and the first call are outside. It prints one JSON object per model: median microseconds per step
-of each loop, and each median divided by the bare loop's. Then it measures
-how long one async Orbax save of the same state blocks the hooked loop.
+does; begin/end, compilation and the first call are outside. The loops run
+in a new shuffled order each round. It prints one JSON object per model:
+median microseconds per step of each loop; ``ratio_to_bare``, the median
+over rounds of each round's time divided by the bare loop's time of that
+round (and ``ratio_range``, the smallest and largest of those); and how
+long one async save of the same state blocks the hooked loop.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import argparse
 import gc
 import json
 import logging
+import random
 import pathlib
 import statistics
 import sys
@@ -208,8 +212,12 @@ def measure(name: str, rounds: int) -> dict:
   for run in loops.values():   # compile and warm up
     run()
   times = {k: [] for k in loops}
+  order = list(loops)
+  shuffle = random.Random(0).shuffle
   for _ in range(rounds):
-    for key, run in loops.items():
+    shuffle(order)     # no loop always runs right after another
+    for key in order:
+      run = loops[key]
       gc.collect()
       gc.disable()   # as timeit does: no collection pauses inside a loop
       try:
@@ -217,12 +225,19 @@ def measure(name: str, rounds: int) -> dict:
       finally:
         gc.enable()
   us = {k: 1e6 * statistics.median(v) / steps for k, v in times.items()}
+  # Each round's time over the bare loop's time of the same round: slow
+  # drifts of the machine cancel; the median and the range over rounds.
+  paired = {k: sorted(t / b for t, b in zip(v, times["bare"]))
+            for k, v in times.items()}
   return {
       "model": f"{name}: MLP {cfg['width']}x2, batch {cfg['batch']}, Adam",
       "device": str(jax.devices()[0].device_kind),
       "steps_per_round": steps, "rounds": rounds,
       "us_per_step": {k: round(v, 2) for k, v in us.items()},
-      "ratio_to_bare": {k: round(v / us["bare"], 3) for k, v in us.items()},
+      "ratio_to_bare": {k: round(statistics.median(v), 3)
+                        for k, v in paired.items()},
+      "ratio_range": {k: [round(v[0], 3), round(v[-1], 3)]
+                      for k, v in paired.items() if k != "bare"},
       "async_save_blocks_ms": round(save_block_ms(state, train_step, batch),
                                     1),
   }

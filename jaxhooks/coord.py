@@ -51,8 +51,8 @@ class Coordinator:
   #: agree on host-local decisions; ``None`` in a single process.
   check_every_n_steps: Optional[int] = None
 
-  #: Set by :meth:`wake`; the runner then calls every hook on its next call
-  #: and clears it.
+  #: Set by :meth:`wake` (a preemption notice, a stop request); the runner
+  #: then calls every hook on its next call and clears it.
   awake: bool = False
 
   def wake(self) -> None:
@@ -72,6 +72,7 @@ class Coordinator:
     """
     del deterministic  # one process: every request takes effect at once
     self._reasons.append(str(reason))
+    self.wake()      # a call without hooks must see it too
 
   def bind(self, hooks: Sequence[Any]) -> None:
     """Called by the runner after restore with the hooks it runs."""

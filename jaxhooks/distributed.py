@@ -136,6 +136,7 @@ class DistributedCoordinator(Coordinator):
                    deterministic: bool = False) -> None:
     if deterministic or self._independent or self.process_count == 1:
       self._reasons.append(str(reason))
+      self.wake()
     else:
       self._pending.append(str(reason))
 

@@ -8,6 +8,9 @@ returns without waiting for the device.
 
 Per call::
 
+  quiet: one step that ends before the earliest next_step_of_interest,
+    coord not woken (by a notice or a stop request), no time hook due():
+    dispatch; count; return                       # no hook is called
   n = min(steps_per_call, earliest next_step_of_interest - step)
   if the call ends before that step (and no hook wants every call):
     dispatch n steps; count them; return          # no hook is called
@@ -192,32 +195,41 @@ class HookedStep:
       a hook's feed or the step), ``(state, None, True)`` with the state
       unchanged.
     """
-    if self._phase != _RUNNING:
-      raise LifecycleError(self._misuse("called"))
-    coord = self.coord
-    if coord.should_stop():
-      self._phase = _STOPPED
-      raise LifecycleError(self._misuse("called"))
-    self._state = state
-    start, outputs = self._step, self._outputs
-    values, lagged = self._values, self._lagged
-    try:
-      quiet = start < self._quiet_until and not coord.awake
-      if quiet:
-        for due in self._due:
-          if due():
-            quiet = False
-            break
-      if quiet:  # one step, no hook acts: dispatch and count, nothing else
+    start, coord = self._step, self.coord
+    # The quiet path: one step that no hook acts on. Only while running
+    # (_leave ends it) and no stop is requested (a request wakes coord).
+    quiet = start < self._quiet_until and not coord.awake
+    if quiet:
+      for due in self._due:
+        if due():
+          quiet = False
+          break
+    if quiet:  # dispatch and count, nothing else
+      self._state = state   # the last good state, should the call fail
+      try:
         program = self._program
         if program is None:
           new_state, new_outputs = self._train_step(state, batch)
         else:
           new_state, new_outputs, self._values = program.jitted(
-              state, batch, values)
-        self._step = start + 1
-        self._state, self._outputs = new_state, new_outputs
-        return new_state, new_outputs, False
+              state, batch, self._values)
+      except StopIteration:
+        self._leave(_STOPPED)
+        return state, None, True
+      except BaseException as exc:
+        self.abort(exc)
+        raise
+      self._step = start + 1
+      self._state, self._outputs = new_state, new_outputs
+      return new_state, new_outputs, False
+    if self._phase != _RUNNING:
+      raise LifecycleError(self._misuse("called"))
+    if coord.should_stop():
+      self._leave(_STOPPED)
+      raise LifecycleError(self._misuse("called"))
+    self._state = state
+    outputs, values, lagged = self._outputs, self._values, self._lagged
+    try:
       plan = self._plan
       n = plan.chunk(start)
       hooks = plan.select(start, n, coord.awake)
@@ -229,7 +241,7 @@ class HookedStep:
       self._state, self._outputs = new_state, new_outputs
       return new_state, new_outputs, False
     except StopIteration:
-      self._phase = _STOPPED
+      self._leave(_STOPPED)
       self._state, self._step, self._outputs = state, start, outputs
       self._values, self._lagged = values, lagged
       return state, None, True
@@ -300,7 +312,7 @@ class HookedStep:
       self._deliver_lagged()
     stop = coord.should_stop()
     if stop:
-      self._phase = _STOPPED
+      self._leave(_STOPPED)
     else:
       self._replan(step)   # a hook that ran may act sooner now
     return new_state, outputs, stop
@@ -354,6 +366,11 @@ class HookedStep:
     self._plan.full_next = self._lagged is not None
     self._set_quiet()
 
+  def _leave(self, phase: int) -> None:
+    """Ends the running phase (and the quiet path with it)."""
+    self._phase = phase
+    self._quiet_until = -1
+
   def _set_quiet(self) -> None:
     """Plans the quiet path of ``__call__``: what ``Schedule.select`` says
     of one-step calls, as a bound on the step and the due() checks."""
@@ -384,7 +401,7 @@ class HookedStep:
     except BaseException as exc:
       self.abort(exc)
       raise
-    self._phase = _ENDED
+    self._leave(_ENDED)
     session = self.session()
     for hook in self.hooks:
       hook.end(session)
@@ -395,7 +412,7 @@ class HookedStep:
     with the last good state (``end`` is not called, as in TensorFlow)."""
     if self._phase in (_FAILED, _ENDED):
       return
-    self._phase = _FAILED
+    self._leave(_FAILED)
     self._lagged = None
     session = self.session()
     for hook in self.hooks:

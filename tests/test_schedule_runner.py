@@ -2,6 +2,7 @@
 due(), and a woken coordinator."""
 
 import jax
+import pytest
 import jax.numpy as jnp
 
 import jaxhooks as jh
@@ -82,3 +83,25 @@ def test_quiet_calls_still_count_steps_and_return_the_new_state():
   step = run([never], 30)
   assert step.step == 30
   assert int(step.state["step"]) == 30
+
+
+def test_a_stop_requested_between_quiet_calls_is_seen_by_the_next_call():
+  never = Record(lambda step: jh.NEVER)
+  step = run([never], 5)
+  assert step.coord.awake is False      # the next call would be quiet
+  step.coord.request_stop("the user's loop had enough")
+  assert step.should_stop
+  with pytest.raises(jh.LifecycleError, match="called"):
+    step(step.state)
+  assert step.step == 5 and never.calls == [1]
+
+
+def test_a_failing_quiet_call_keeps_the_last_good_state():
+  never = Record(lambda step: jh.NEVER)
+  step = run([never], 3)
+  good = step.state
+  with pytest.raises(TypeError):
+    step(good, "not a batch")          # fails inside the jitted step
+  assert step.state is good and step.step == 3
+  with pytest.raises(jh.LifecycleError):
+    step(good)                          # the hooked step failed for good
