@@ -18,6 +18,9 @@ round by round, each loop runs the same steps:
   default period: no save falls inside a round; the block per save is
   measured separately below);
 - ``hooks_lag``: the same with ``lag_fetches=True``;
+- ``hooks_no_nan``: the same without ``NanTensorHook``: the difference to
+  ``hooks`` is what its on-device sentinel (one more program argument and
+  output per step) costs;
 - ``fused10``: the same hooks with ``steps_per_call=10`` (stacked batches);
 - ``clu``: when ``jax-loop-utils`` (CLU's periodic actions without
   TensorFlow) is installed, its ``ReportProgress`` and ``PeriodicCallback``
@@ -95,12 +98,14 @@ def setup(width: int, batch: int):
   return state, train_step, one
 
 
-def standard_hooks(last_step: int, ckpt_dir: str):
-  return [jh.StopAtStepHook(last_step=last_step),
-          jh.LoggingTensorHook(["loss"], every_n_iter=100),
-          jh.StepCounterHook(every_n_steps=100),
-          jh.NanTensorHook("loss"),
-          jh.CheckpointSaverHook(ckpt_dir, save_secs=600, max_to_keep=1)]
+def standard_hooks(last_step: int, ckpt_dir: str, *, nan: bool = True):
+  hooks = [jh.StopAtStepHook(last_step=last_step),
+           jh.LoggingTensorHook(["loss"], every_n_iter=100),
+           jh.StepCounterHook(every_n_steps=100),
+           jh.NanTensorHook("loss"),
+           jh.CheckpointSaverHook(ckpt_dir, save_secs=600, max_to_keep=1)]
+  return hooks if nan else [h for h in hooks
+                            if not isinstance(h, jh.NanTensorHook)]
 
 
 def bare(state, train_step, batch, steps, *, read_each_step=False):
@@ -117,9 +122,10 @@ def bare(state, train_step, batch, steps, *, read_each_step=False):
   return time.perf_counter() - start
 
 
-def hooked(state, train_step, batch, steps, *, k=1, lag=False, stacks=None):
+def hooked(state, train_step, batch, steps, *, k=1, lag=False, stacks=None,
+           nan=True):
   with tempfile.TemporaryDirectory() as ckpt:
-    step = jh.wrap(train_step, hooks=standard_hooks(steps + 1, ckpt),
+    step = jh.wrap(train_step, hooks=standard_hooks(steps + 1, ckpt, nan=nan),
                    steps_per_call=k, lag_fetches=lag)
     state = step.begin(state)
 
@@ -204,6 +210,8 @@ def measure(name: str, rounds: int) -> dict:
                                read_each_step=True),
       "hooks": lambda: hooked(state, train_step, batch, steps),
       "hooks_lag": lambda: hooked(state, train_step, batch, steps, lag=True),
+      "hooks_no_nan": lambda: hooked(state, train_step, batch, steps,
+                                     nan=False),
       "fused10": lambda: hooked(state, train_step, batch, steps, k=K,
                                 stacks=stacks),
   }
