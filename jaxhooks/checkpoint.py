@@ -12,12 +12,15 @@ saves while it runs::
   before_run(step s)      s % save_steps == 0, save_secs passed, or the
                           preemption step agreed by coord -> fetch the
                           finiteness of the new state (one device_get)
-  after_run(step s)       finite: start an async save of step s (train state,
-                          hooks' state_dict, data position); preemption:
-                          wait until it is written, request stop
-  end()                   final save unless step already saved; wait
-  on_exception()          save the last good state if save_on_exception;
-                          finish (or report) pending writes
+  after_run(step s)       finite: wait for the previous write (raise its
+                          error), start an async save of step s (train
+                          state, hooks' state_dict, data position);
+                          preemption: wait until it is written, stop
+  end()                   wait for pending writes; final save unless that
+                          step is written; wait; then raise a failed write
+  on_exception()          wait for pending writes (a failure becomes a note
+                          on the exception); save the last good state if
+                          save_on_exception
 
 The hook saves in its ``after_run``, so it sees the ``after_run`` effects
 of the hooks placed before it: put it after hooks whose counters it saves
@@ -173,6 +176,7 @@ class CheckpointSaverHook(Hook):
     self._pending = None      # (step, preempted) decided in before_run
     self._captured = None     # the new state, captured by the fetch
     self.last_saved_step: Optional[int] = None
+    self._written_step: Optional[int] = None   # the last step known written
     self.restored_step: Optional[int] = None
 
   # -- public helpers -------------------------------------------------------
@@ -200,19 +204,33 @@ class CheckpointSaverHook(Hook):
       manager.close()
 
   def wait_until_finished(self) -> None:
-    """Blocks until pending writes are done; raises a failed write's error."""
+    """Blocks until pending writes are done; raises a failed write's error
+    (``last_saved_step`` is then the last step that was written)."""
     if self._manager is None:
       return
     try:
       if self._writer is not None:
         self._writer.wait()
       self._manager.wait_until_finished()
-    except CheckpointError:
-      raise
     except Exception as e:
-      raise CheckpointError(
-          f"Writing a checkpoint to `checkpoint_dir` {self.checkpoint_dir!r} "
-          f"failed: {type(e).__name__}: {e}") from e
+      self.last_saved_step = self._written_step
+      raise self._as_checkpoint_error(e) from e
+    self._written_step = self.last_saved_step
+
+  def _as_checkpoint_error(self, e: Exception) -> CheckpointError:
+    if isinstance(e, CheckpointError):
+      return e
+    return CheckpointError(
+        f"Writing a checkpoint to `checkpoint_dir` {self.checkpoint_dir!r} "
+        f"failed: {type(e).__name__}: {e}")
+
+  def _failure(self) -> Optional[CheckpointError]:
+    """Waits for pending writes; the error of a failed one, or None."""
+    try:
+      self.wait_until_finished()
+    except CheckpointError as e:
+      return e
+    return None
 
   # -- hook methods ---------------------------------------------------------
 
@@ -228,7 +246,7 @@ class CheckpointSaverHook(Hook):
         best_mode=self._best_mode, async_save=self._async and several)
     self._writer = (BackgroundWriter() if self._async and not several
                     else None)
-    self.last_saved_step = self.restored_step = None
+    self.last_saved_step = self.restored_step = self._written_step = None
     self._pending = self._captured = None
     if self._timer is not None:
       self._timer.reset()
@@ -248,7 +266,7 @@ class CheckpointSaverHook(Hook):
     cio.load_hook_states(self._hooks, hook_states)
     if self._data is not None and data is not None:
       self._data[1](data)
-    self.last_saved_step = self.restored_step = step
+    self.last_saved_step = self.restored_step = self._written_step = step
     log.info("Restored the checkpoint of step %d from %s.", step,
              self.checkpoint_dir)
     return restored
@@ -325,6 +343,9 @@ class CheckpointSaverHook(Hook):
     return None
 
   def end(self, session: Session) -> None:
+    # A failed earlier write does not keep the final state from being saved
+    # (it may be the step that failed); its error is raised after that.
+    failure = self._failure()
     try:
       if session.step != self.last_saved_step:
         self._save(session, finite=None, metrics=self._end_metrics(session),
@@ -332,10 +353,19 @@ class CheckpointSaverHook(Hook):
       self.wait_until_finished()
       for listener in self._listeners:
         listener.end(session, session.step)
-    finally:
-      self._close()
+    except BaseException as exc:
+      if failure is not None:
+        self._note(exc, failure)
+      self._close(exc)
+      raise
+    self._close()
+    if failure is not None:
+      raise failure
 
   def on_exception(self, session: Session, exc: BaseException) -> None:
+    failure = self._failure()
+    if failure is not None:
+      self._note(exc, failure)
     try:
       if self._save_on_exception and session.step != self.last_saved_step:
         if was_donated(session.state):
@@ -349,12 +379,14 @@ class CheckpointSaverHook(Hook):
         else:
           self._save(session, finite=None, metrics=None, last=True,
                      failing=True)
-      self.wait_until_finished()
     except Exception as e:  # report, but keep the original exception
-      log.error("While stopping on %s: %s", type(exc).__name__, e)
-      exc.add_note(f"jaxhooks: checkpoint not saved: {e}")
-    finally:
-      self._close()
+      self._note(exc, e)
+    self._close(exc)
+
+  @staticmethod
+  def _note(exc: BaseException, error: Exception) -> None:
+    log.error("While stopping on %s: %s", type(exc).__name__, error)
+    exc.add_note(f"jaxhooks: checkpoint not saved: {error}")
 
   def state_dict(self) -> Optional[dict]:
     return None
@@ -395,28 +427,40 @@ class CheckpointSaverHook(Hook):
                             data=data, metrics=metrics)
     if self._writer is None:
       write(session.state)
+      if not self._async:
+        self._written_step = step
     else:
-      self._writer.submit(write, session.state,
-                          donated=session.donates_state and not last)
+      try:   # waits for the previous write first
+        self._writer.submit(write, session.state,
+                            donated=session.donates_state and not last)
+      except Exception:
+        self.last_saved_step = self._written_step
+        raise
+      self._written_step = self.last_saved_step
     self.last_saved_step = step
     stop = False
     for listener in self._listeners:
       stop = listener.after_save(session, step) is True or stop
     return True, stop
 
-  def _close(self) -> None:
+  def _close(self, exc: Optional[BaseException] = None) -> None:
+    """Closes the writer and the manager, which waits for their writes. A
+    failed write raises; or, while ``exc`` ends the loop, becomes a note
+    on it."""
     self._notice.uninstall()
     writer, self._writer = self._writer, None
-    try:
-      if writer is not None:
-        writer.close()
-    finally:
-      self._close_manager()
-
-  def _close_manager(self) -> None:
-    if self._manager is not None:
-      manager, self._manager = self._manager, None
-      manager.close()
+    manager, self._manager = self._manager, None
+    errors = []
+    for close in (writer and writer.close, manager and manager.close):
+      try:
+        if close:
+          close()
+      except Exception as e:
+        errors.append(self._as_checkpoint_error(e))
+    if errors and exc is None:
+      raise errors[0]
+    for error in errors:
+      self._note(exc, error)
 
   def __repr__(self) -> str:
     period = "no periodic saves" if self._timer is None else repr(self._timer)

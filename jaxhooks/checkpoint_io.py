@@ -238,9 +238,13 @@ def step_writer(manager: ocp.CheckpointManager, step: int, directory: str,
           **items, **{STATE: ocp.args.StandardSave(state)}),
                    metrics=metrics, force=True)
     except Exception as e:
-      raise CheckpointError(
+      error = CheckpointError(
           f"Saving step {step} to `checkpoint_dir` {directory!r} failed: "
-          f"{type(e).__name__}: {e}") from e
+          f"{type(e).__name__}: {e}")
+      # Said at once: on a worker thread, the error reaches the loop only
+      # at its next save or at the end.
+      log.error("%s", error)
+      raise error from e
 
   return write
 

@@ -86,8 +86,8 @@ class HookedStep:
     self._batch_fn = batch_fn
     self._donate = (donates_state(train_step) if donate_state is None
                     else bool(donate_state))
-    # Held values may be leaves of a state the next call donates.
-    self._lag = bool(lag_fetches) and not self._donate
+    self._lag_fetches = bool(lag_fetches)
+    self._lag = False            # set with the program, in begin
     self.coord = coord or default_coordinator()
     # Hooks that only write for people (logs, summaries) run on process 0;
     # the other processes still cut their calls at those hooks' steps.
@@ -184,8 +184,14 @@ class HookedStep:
       self._values = self._program.init_monitors()
     # The program donates as told; a plain call donates as the train step
     # does, which is known for a `jax.jit` function only.
-    self._donates = self._donate or (
-        self._program is None and not hasattr(self._train_step, "_jit_info"))
+    if self._program is not None:
+      self._donates = self._donate
+    elif hasattr(self._train_step, "_jit_info"):
+      self._donates = donates_state(self._train_step)
+    else:
+      self._donates = True
+    # Held values may be leaves of a state the next call donates.
+    self._lag = self._lag_fetches and not self._donates
 
   def __call__(self, state: Any, batch: Any = None) -> Tuple[Any, Any, bool]:
     """Runs one call (one step, or up to ``steps_per_call``) with hooks.
@@ -268,6 +274,9 @@ class HookedStep:
     start = self._step
     step = start + n
     coord = self.coord
+    # This call runs the hooks: a wake (a notice, a stop request) from now
+    # on is for the next call.
+    coord.awake = False
     check = self._plan.check_every
     if check and step % check == 0:
       coord.check(step)
@@ -361,7 +370,6 @@ class HookedStep:
 
   def _replan(self, step: int) -> None:
     """After a call that ran hooks: plans the next calls."""
-    self.coord.awake = False   # before asking: a notice from now on counts
     self._plan.update(self.hooks, step, self._others)
     self._plan.full_next = self._lagged is not None
     self._set_quiet()

@@ -6,12 +6,13 @@ what the write reads valid until it is done::
 
   state not donated        the arrays themselves: JAX arrays are immutable,
                            so holding them is enough (no copy at all)
-  donated, on one CPU      a copy into host buffers that are kept and
-  device                   reused from save to save (a memcpy), seen by
+  donated, on the first    a copy into host buffers that are kept and
+  CPU device               reused from save to save (a memcpy), seen by
                            the writer as JAX arrays without a copy
   donated, elsewhere       a copy on the device (one jitted call, dispatched
                            asynchronously: the device copies while the
-                           loop goes on)
+                           loop goes on; it takes one more state's worth
+                           of device memory until the write is done)
 
 ``BackgroundWriter.submit`` waits for the previous write (one at a time, so
 host buffers are reused and a failed write is reported), takes the snapshot
@@ -64,19 +65,26 @@ def _aligned_buffer(shape: tuple, dtype: Any) -> np.ndarray:
 
 
 def _as_jax(buf: np.ndarray) -> Any:
-  """A JAX array on ``buf``'s memory, or ``buf`` for a dtype DLPack cannot
-  carry (bfloat16, ...). Orbax writes JAX arrays faster than NumPy ones,
-  which it copies first."""
+  """A JAX array on ``buf``'s memory, or ``buf`` where DLPack cannot carry
+  it (bfloat16, an empty array, ...). Orbax writes JAX arrays faster than
+  NumPy ones, which it copies first."""
   try:
     return jax.dlpack.from_dlpack(buf, copy=False)
-  except BufferError:
+  except (BufferError, ValueError):
     return buf
 
 
-def _on_one_cpu(x: Any) -> bool:
-  return (isinstance(x, jax.Array) and x.is_fully_addressable
-          and len(x.sharding.device_set) == 1
-          and next(iter(x.sharding.device_set)).platform == "cpu")
+def _on_host_device(x: Any) -> bool:
+  """A plain array on the first CPU device: the one a host buffer shows up
+  on as a JAX array (a copy anywhere else would move it)."""
+  if not (isinstance(x, jax.Array) and x.is_fully_addressable
+          and len(x.sharding.device_set) == 1):
+    return False
+  if jnp.issubdtype(x.dtype, jax.dtypes.extended):   # PRNG keys, ...
+    return False
+  device = next(iter(x.sharding.device_set))
+  return device.platform == "cpu" and device == jax.local_devices(
+      backend="cpu")[0]
 
 
 def snapshot(state: Any, *, donated: bool,
@@ -109,7 +117,7 @@ def snapshot(state: Any, *, donated: bool,
   out = list(leaves)
   on_device = []
   for i, x in enumerate(leaves):
-    if _on_one_cpu(x):
+    if _on_host_device(x):
       buf = buffers.get(i)
       if buf is None or buf.shape != x.shape or buf.dtype != x.dtype:
         buf = buffers[i] = _aligned_buffer(x.shape, x.dtype)
@@ -117,8 +125,12 @@ def snapshot(state: Any, *, donated: bool,
       out[i] = _as_jax(buf)
     elif isinstance(x, jax.Array):
       on_device.append(i)
-  if on_device:
-    for i, y in zip(on_device, _device_copy([leaves[i] for i in on_device])):
+  # One copy program per set of devices (one jitted call cannot mix them).
+  groups: Dict[frozenset, list] = {}
+  for i in on_device:
+    groups.setdefault(frozenset(leaves[i].sharding.device_set), []).append(i)
+  for group in groups.values():
+    for i, y in zip(group, _device_copy([leaves[i] for i in group])):
       out[i] = y
   return jax.tree_util.tree_unflatten(treedef, out)
 

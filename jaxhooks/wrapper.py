@@ -41,9 +41,13 @@ def wrap(train_step: Callable[[Any, Any], Tuple[Any, Any]],
     lag_fetches: hand the values that hooks with
       ``accepts_lagged_fetches`` fetch at step N to their ``after_run``
       while the next call runs, so the loop never waits for them. Off when
-      the state is donated (held values may be leaves of it).
-    donate_state: donate the state to the program; by default, as
-      ``train_step`` does (``jax.jit(..., donate_argnums=0)``).
+      the state is or may be donated (held values may be leaves of it):
+      a step that jaxhooks calls as it is, and that is not a ``jax.jit``
+      function, may donate.
+    donate_state: donate the state to jaxhooks' program (there is one with
+      device monitors, ``steps_per_call > 1`` or ``batch_fn``); by default,
+      as ``train_step`` does (``jax.jit(..., donate_argnums=0)``). A step
+      called as it is donates as it does, whatever this says.
 
   Returns:
     A :class:`HookedStep`.

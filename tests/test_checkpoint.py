@@ -491,6 +491,98 @@ def test_write_failure_surfaces(tmp_path, async_save):
   assert saver.manager is None  # closed by end / on_exception
 
 
+def _fail_commit_once(monkeypatch, step):
+  """The first commit (rename of the temporary directory) of ``step``
+  fails as a full disk would; Orbax and the writer thread run for real."""
+  real, failed = os.rename, []
+
+  def rename(src, dst, *args, **kwargs):
+    if (not failed and os.path.basename(os.fspath(src)).startswith(
+        f"{step}.orbax-checkpoint-tmp")):
+      failed.append(src)
+      raise OSError(28, "No space left on device")
+    return real(src, dst, *args, **kwargs)
+  monkeypatch.setattr(os, "rename", rename)
+  return failed
+
+
+def test_a_failed_background_write_is_raised_in_end_after_the_final_save(
+    tmp_path, monkeypatch, caplog):
+  failed = _fail_commit_once(monkeypatch, 2)
+  saver = jh.CheckpointSaverHook(tmp_path / "c", save_steps=2)
+  step = jh.wrap(dict_step, hooks=[saver])
+  state = step.begin(dict_state())
+  for _ in range(3):
+    state, _, _ = step(state, jnp.ones(2))
+  with pytest.raises(jh.CheckpointError,
+                     match="Saving step 2 .* No space left on device"):
+    step.end(state)
+  assert len(failed) == 1
+  assert saver.all_steps() == [3]            # the final state is on disk
+  assert saver.last_saved_step == 3
+  assert [r.levelname for r in caplog.records
+          if "Saving step 2" in r.getMessage()] == ["ERROR"]
+
+
+class _Raises(jh.SessionRunHook):
+
+  def before_run(self, run_context):
+    if run_context.step == 3:
+      raise RuntimeError("data pipeline broke")
+
+
+class _Seen(jh.SessionRunHook):
+
+  def __init__(self):
+    self.exceptions = []
+
+  def on_exception(self, session, exc):
+    self.exceptions.append(str(exc))
+
+
+def test_a_failed_background_write_does_not_replace_the_loops_error(
+    tmp_path, monkeypatch):
+  _fail_commit_once(monkeypatch, 2)
+  saver = jh.CheckpointSaverHook(tmp_path / "c", save_steps=2,
+                                 save_on_exception=True)
+  seen = _Seen()
+  step = jh.wrap(dict_step, hooks=[_Raises(), saver, seen])
+  state = step.begin(dict_state())
+  for _ in range(2):
+    state, _, _ = step(state, jnp.ones(2))
+  with pytest.raises(RuntimeError, match="data pipeline broke") as info:
+    step(state, jnp.ones(2))
+  assert any("checkpoint not saved: Saving step 2" in note
+             for note in info.value.__notes__)
+  assert seen.exceptions == ["data pipeline broke"]  # hooks after it run
+  # Step 2 was not written: save_on_exception saves that last good state.
+  assert saver.all_steps() == [2]
+  assert saver.manager is None
+
+
+def test_a_step_called_as_it_is_donates_as_it_does(tmp_path):
+  """``donate_state=False`` cannot stop a donating jitted step that
+  jaxhooks calls as it is; the async saves copy its state all the same."""
+  donating = jax.jit(dict_step, donate_argnums=0)
+  saver = jh.CheckpointSaverHook(tmp_path / "c", save_steps=2)
+  step = jh.wrap(donating, hooks=[jh.StopAtStepHook(last_step=6), saver],
+                 donate_state=False)
+  state = step.begin(dict_state())
+  assert step.session().donates_state
+  expected = []
+  while not step.should_stop:
+    state, _, _ = step(state, jnp.ones(2))
+    expected.append(np.asarray(state["w"]).tobytes())
+  step.end(state)
+  assert saver.all_steps() == [2, 4, 6]
+  restored = jh.CheckpointSaverHook(tmp_path / "c")
+  resumed = jh.wrap(dict_step, hooks=[restored])
+  again = resumed.begin(dict_state())
+  assert np.asarray(again["w"]).tobytes() == expected[-1]
+  resumed.end(again)                      # step 6 is on disk: no new save
+  assert restored.all_steps() == [2, 4, 6]
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(save_steps=2, save_secs=5), ValueError, "At most one of"),
     (dict(save_steps=0), ValueError, "`save_steps` must be positive, got 0"),

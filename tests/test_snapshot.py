@@ -12,7 +12,13 @@ import pytest
 
 from jaxhooks.snapshot import BackgroundWriter, snapshot
 
-donating_step = jax.jit(lambda s: jax.tree_util.tree_map(lambda x: x + 1, s),
+def _next(x):
+  if jnp.issubdtype(x.dtype, jax.dtypes.extended):
+    return jax.random.split(x, 1)[0]
+  return x + 1
+
+
+donating_step = jax.jit(lambda s: jax.tree_util.tree_map(_next, s),
                         donate_argnums=0)
 
 
@@ -65,7 +71,9 @@ from jaxhooks.snapshot import snapshot
 mesh = jax.sharding.Mesh(np.array(jax.devices()), ("x",))
 sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
 x = jax.device_put(jnp.arange(8.0), sharding)
-snap = snapshot({"x": x}, donated=True, buffers={})
+y = jax.device_put(jnp.arange(3.0), jax.devices()[1])
+snap = snapshot({"x": x, "y": y}, donated=True, buffers={})
+print(snap["y"].devices() == {jax.devices()[1]}, snap["y"].tolist())
 print(len(jax.devices()), snap["x"].sharding == sharding,
       {s.data.unsafe_buffer_pointer() for s in snap["x"].addressable_shards}
       .isdisjoint(s.data.unsafe_buffer_pointer()
@@ -73,13 +81,14 @@ print(len(jax.devices()), snap["x"].sharding == sharding,
 """
 
 
-def test_sharded_leaves_are_copied_on_the_devices():
+def test_sharded_and_other_device_leaves_are_copied_on_their_devices():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
          "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-c", SHARDED], env=env, check=True,
                        capture_output=True, text=True, timeout=120).stdout
-  assert out.split("\n")[-2] == (
-      "2 True True [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]")
+  assert out.split("\n")[-3:-1] == [
+      "True [0.0, 1.0, 2.0]",     # a leaf on device 1 stays there
+      "2 True True [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]"]
 
 
 def test_writer_runs_writes_in_order_off_the_calling_thread():
@@ -104,3 +113,14 @@ def test_a_failed_write_surfaces_at_the_next_submit_and_not_twice():
   assert not writer.pending          # the second write was not started
   writer.wait()                      # nothing left to report
   writer.close()
+
+
+def test_prng_keys_and_empty_leaves_are_snapshotted_too():
+  state = {"key": jax.random.key(3), "empty": jnp.zeros((0,)),
+           "w": jnp.ones(2)}
+  key_data = np.asarray(jax.random.key_data(state["key"])).tobytes()
+  snap = snapshot(state, donated=True, buffers={})
+  jax.block_until_ready(donating_step(state))
+  assert state["key"].is_deleted()
+  assert np.asarray(jax.random.key_data(snap["key"])).tobytes() == key_data
+  assert snap["empty"].shape == (0,) and snap["w"].tolist() == [1.0, 1.0]
