@@ -36,11 +36,12 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import jax
 
 from jaxhooks import checkpoint_io as cio
-from jaxhooks.errors import CheckpointError, NonFiniteStateError
+from jaxhooks.errors import NonFiniteStateError
 from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
 from jaxhooks.checkpoint_listener import CheckpointSaverListener
 from jaxhooks.checkpoint_restore import restore_checkpoint
 from jaxhooks.preemption import PreemptionNotice, preemption_reached
+from jaxhooks.checkpoint_writes import CheckpointWrites, add_note
 from jaxhooks.snapshot import BackgroundWriter, was_donated
 from jaxhooks.timer import Clock, SecondOrStepTimer, check_period
 
@@ -168,15 +169,13 @@ class CheckpointSaverHook(Hook):
     self._save_on_exception = bool(save_on_exception)
     self._on_nonfinite = on_nonfinite
     self._notice = PreemptionNotice()
-    self._manager = None
-    self._writer: Optional[BackgroundWriter] = None
+    self._writes: Optional[CheckpointWrites] = None   # begin() to end()
+    self._open = False
     self._hooks: Tuple[Hook, ...] = (self,)
     self._coord = None
     self._poll_service = False
     self._pending = None      # (step, preempted) decided in before_run
     self._captured = None     # the new state, captured by the fetch
-    self.last_saved_step: Optional[int] = None
-    self._written_step: Optional[int] = None   # the last step known written
     self.restored_step: Optional[int] = None
 
   # -- public helpers -------------------------------------------------------
@@ -184,7 +183,13 @@ class CheckpointSaverHook(Hook):
   @property
   def manager(self):
     """The Orbax ``CheckpointManager`` (between ``begin`` and ``end``)."""
-    return self._manager
+    return self._writes.manager if self._open else None
+
+  @property
+  def last_saved_step(self) -> Optional[int]:
+    """The last step saved (or restored); after a failed write, the last
+    step written."""
+    return None if self._writes is None else self._writes.saved_step
 
   @property
   def preemption_notice(self) -> PreemptionNotice:
@@ -192,8 +197,8 @@ class CheckpointSaverHook(Hook):
 
   def all_steps(self) -> list:
     """The steps of the complete checkpoints on disk."""
-    if self._manager is not None:
-      return sorted(self._manager.all_steps())
+    if self._open:
+      return sorted(self._writes.manager.all_steps())
     manager = cio.make_manager(self.checkpoint_dir, max_to_keep=None,
                                keep_period=None, best_metric=None,
                                best_mode="min", async_save=False,
@@ -206,31 +211,8 @@ class CheckpointSaverHook(Hook):
   def wait_until_finished(self) -> None:
     """Blocks until pending writes are done; raises a failed write's error
     (``last_saved_step`` is then the last step that was written)."""
-    if self._manager is None:
-      return
-    try:
-      if self._writer is not None:
-        self._writer.wait()
-      self._manager.wait_until_finished()
-    except Exception as e:
-      self.last_saved_step = self._written_step
-      raise self._as_checkpoint_error(e) from e
-    self._written_step = self.last_saved_step
-
-  def _as_checkpoint_error(self, e: Exception) -> CheckpointError:
-    if isinstance(e, CheckpointError):
-      return e
-    return CheckpointError(
-        f"Writing a checkpoint to `checkpoint_dir` {self.checkpoint_dir!r} "
-        f"failed: {type(e).__name__}: {e}")
-
-  def _failure(self) -> Optional[CheckpointError]:
-    """Waits for pending writes; the error of a failed one, or None."""
-    try:
-      self.wait_until_finished()
-    except CheckpointError as e:
-      return e
-    return None
+    if self._open:
+      self._writes.wait()
 
   # -- hook methods ---------------------------------------------------------
 
@@ -240,13 +222,15 @@ class CheckpointSaverHook(Hook):
     # Orbax's own async saves run their barriers across processes; one
     # process writes synchronously on the worker thread instead.
     several = jax.process_count() > 1
-    self._manager = cio.make_manager(
+    manager = cio.make_manager(
         self.checkpoint_dir, max_to_keep=self._max_to_keep,
         keep_period=self._keep_period, best_metric=self._best_metric,
         best_mode=self._best_mode, async_save=self._async and several)
-    self._writer = (BackgroundWriter() if self._async and not several
-                    else None)
-    self.last_saved_step = self.restored_step = self._written_step = None
+    writer = BackgroundWriter() if self._async and not several else None
+    self._writes = CheckpointWrites(manager, self.checkpoint_dir, writer,
+                                    blocking=not self._async)
+    self._open = True
+    self.restored_step = None
     self._pending = self._captured = None
     if self._timer is not None:
       self._timer.reset()
@@ -258,15 +242,16 @@ class CheckpointSaverHook(Hook):
 
   def restore(self, state: Any, hooks: tuple) -> Any:
     self._hooks = tuple(hooks) or (self,)
-    step = self._manager.latest_step()
+    step = self._writes.manager.latest_step()
     if step is None:
       return None
     restored, hook_states, data = restore_checkpoint(
-        self._manager, step, state, with_data=self._data is not None)
+        self._writes.manager, step, state, with_data=self._data is not None)
     cio.load_hook_states(self._hooks, hook_states)
     if self._data is not None and data is not None:
       self._data[1](data)
-    self.last_saved_step = self.restored_step = self._written_step = step
+    self.restored_step = step
+    self._writes.restored(step)
     log.info("Restored the checkpoint of step %d from %s.", step,
              self.checkpoint_dir)
     return restored
@@ -306,7 +291,7 @@ class CheckpointSaverHook(Hook):
     step = run_context.step
     preempted = self._save_on_preemption and self._coord is not None and (
         preemption_reached(self._coord, self._notice, step,
-                           manager=self._manager))
+                           manager=self._writes.manager))
     periodic = (self._timer is not None
                 and self._timer.should_trigger_for_step(step))
     if not (preempted or periodic):
@@ -345,7 +330,7 @@ class CheckpointSaverHook(Hook):
   def end(self, session: Session) -> None:
     # A failed earlier write does not keep the final state from being saved
     # (it may be the step that failed); its error is raised after that.
-    failure = self._failure()
+    failure = self._writes.failure()
     try:
       if session.step != self.last_saved_step:
         self._save(session, finite=None, metrics=self._end_metrics(session),
@@ -355,7 +340,7 @@ class CheckpointSaverHook(Hook):
         listener.end(session, session.step)
     except BaseException as exc:
       if failure is not None:
-        self._note(exc, failure)
+        add_note(exc, failure)
       self._close(exc)
       raise
     self._close()
@@ -363,9 +348,9 @@ class CheckpointSaverHook(Hook):
       raise failure
 
   def on_exception(self, session: Session, exc: BaseException) -> None:
-    failure = self._failure()
+    failure = self._writes.failure()
     if failure is not None:
-      self._note(exc, failure)
+      add_note(exc, failure)
     try:
       if self._save_on_exception and session.step != self.last_saved_step:
         if was_donated(session.state):
@@ -380,13 +365,8 @@ class CheckpointSaverHook(Hook):
           self._save(session, finite=None, metrics=None, last=True,
                      failing=True)
     except Exception as e:  # report, but keep the original exception
-      self._note(exc, e)
+      add_note(exc, e)
     self._close(exc)
-
-  @staticmethod
-  def _note(exc: BaseException, error: Exception) -> None:
-    log.error("While stopping on %s: %s", type(exc).__name__, error)
-    exc.add_note(f"jaxhooks: checkpoint not saved: {error}")
 
   def state_dict(self) -> Optional[dict]:
     return None
@@ -422,45 +402,21 @@ class CheckpointSaverHook(Hook):
     for listener in self._listeners:
       listener.before_save(session, step)
     data = None if self._data is None else self._data[0]()
-    write = cio.step_writer(self._manager, step, self.checkpoint_dir,
-                            hook_states=cio.hook_states(self._hooks),
-                            data=data, metrics=metrics)
-    if self._writer is None:
-      write(session.state)
-      if not self._async:
-        self._written_step = step
-    else:
-      try:   # waits for the previous write first
-        self._writer.submit(write, session.state,
-                            donated=session.donates_state and not last)
-      except Exception:
-        self.last_saved_step = self._written_step
-        raise
-      self._written_step = self.last_saved_step
-    self.last_saved_step = step
+    self._writes.save(step, session.state,
+                      hook_states=cio.hook_states(self._hooks), data=data,
+                      metrics=metrics,
+                      donated=session.donates_state and not last)
     stop = False
     for listener in self._listeners:
       stop = listener.after_save(session, step) is True or stop
     return True, stop
 
   def _close(self, exc: Optional[BaseException] = None) -> None:
-    """Closes the writer and the manager, which waits for their writes. A
-    failed write raises; or, while ``exc`` ends the loop, becomes a note
-    on it."""
+    """Ends the session's writes (see ``CheckpointWrites.close``)."""
     self._notice.uninstall()
-    writer, self._writer = self._writer, None
-    manager, self._manager = self._manager, None
-    errors = []
-    for close in (writer and writer.close, manager and manager.close):
-      try:
-        if close:
-          close()
-      except Exception as e:
-        errors.append(self._as_checkpoint_error(e))
-    if errors and exc is None:
-      raise errors[0]
-    for error in errors:
-      self._note(exc, error)
+    if self._open:
+      self._open = False
+      self._writes.close(exc)
 
   def __repr__(self) -> str:
     period = "no periodic saves" if self._timer is None else repr(self._timer)
