@@ -10,14 +10,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues
-from jaxhooks.timer import SecondOrStepTimer, check_period
+from jaxhooks.timer import SecondOrStepTimer, TimerTriggered, check_period
 
 __all__ = ["EarlyStoppingHook"]
 
 log = logging.getLogger("jaxhooks")
 
 
-class EarlyStoppingHook(Hook):
+class EarlyStoppingHook(TimerTriggered, Hook):
   """Stops training when a metric has not improved for ``patience`` checks.
 
   Every ``every_n_iter`` global steps the hook reads the metric (with the
@@ -143,9 +143,6 @@ class EarlyStoppingHook(Hook):
 
   def begin(self) -> None:
     self._reset()
-
-  def next_step_of_interest(self, step: int):
-    return self._timer.next_trigger_step(step)
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     self._trigger = self._timer.should_trigger_for_step(run_context.step)

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 
 from jaxhooks import fetch
-from jaxhooks.hook import (GLOBAL_STEP, NEVER, Hook, RunArgs, RunContext, RunValues,
+from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
                            Session)
-from jaxhooks.timer import Clock, SecondOrStepTimer
+from jaxhooks.timer import Clock, SecondOrStepTimer, TimerTriggered
 from jaxhooks.writers import MetricWriter, default_writer, open_writer
 
 __all__ = ["LoggingTensorHook", "StepCounterHook"]
@@ -44,7 +44,7 @@ def _tagged(tensors: Any) -> Dict[str, Any]:
   return items
 
 
-class LoggingTensorHook(Hook):
+class LoggingTensorHook(TimerTriggered, Hook):
   """Logs chosen outputs every N steps, every N seconds, and/or at the end.
 
   Lines go to the ``"jaxhooks"`` logger at INFO level, as TensorFlow writes
@@ -112,12 +112,6 @@ class LoggingTensorHook(Hook):
       line += f" ({elapsed:.3f} sec)"
     log.info("%s", line)
 
-  def next_step_of_interest(self, step: int):
-    return NEVER if self._timer is None else self._timer.next_trigger_step(step)
-
-  def due(self) -> bool:
-    return self._timer is not None and self._timer.due()
-
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     if self._timer is not None and self._timer.claim(run_context.step):
       return RunArgs(fetches=self._tensors)
@@ -142,7 +136,7 @@ class LoggingTensorHook(Hook):
       self._timer.load_state_dict(state)
 
 
-class StepCounterHook(Hook):
+class StepCounterHook(TimerTriggered, Hook):
   """Logs (and writes) the training speed in global steps per second.
 
   On each report step it reads the device step, so the rate counts finished
@@ -211,7 +205,7 @@ class StepCounterHook(Hook):
                                     every_steps=every_n_steps, clock=clock,
                                     names=("every_n_secs", "every_n_steps"))
     self._output_dir = output_dir
-    self._writer = writer if writer is not None else summary_writer
+    self._writer = writer
     self._started = False
     self.last_rate: Optional[float] = None
 
@@ -224,13 +218,6 @@ class StepCounterHook(Hook):
   @property
   def timer(self) -> SecondOrStepTimer:
     return self._timer
-
-  def next_step_of_interest(self, step: int):
-    # The first call, which takes the baseline, runs every hook anyway.
-    return self._timer.next_trigger_step(step)
-
-  def due(self) -> bool:
-    return self._timer.due()
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     timer = self._timer

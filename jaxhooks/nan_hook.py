@@ -23,16 +23,16 @@ import numpy as np
 
 from jaxhooks import fetch
 from jaxhooks.errors import NanLossDuringTrainingError
-from jaxhooks.hook import (GLOBAL_STEP, NEVER, DeviceMonitor, Hook, RunArgs,
+from jaxhooks.hook import (GLOBAL_STEP, DeviceMonitor, Hook, RunArgs,
                            RunContext, RunValues)
-from jaxhooks.timer import SecondOrStepTimer
+from jaxhooks.timer import SecondOrStepTimer, TimerTriggered
 
 __all__ = ["NanTensorHook"]
 
 log = logging.getLogger("jaxhooks")
 
 
-class NanTensorHook(Hook):
+class NanTensorHook(TimerTriggered, Hook):
   """Checks that the loss is finite (neither NaN nor infinite).
 
   Args:
@@ -87,9 +87,6 @@ class NanTensorHook(Hook):
   def device_monitors(self) -> Tuple[DeviceMonitor, ...]:
     return (DeviceMonitor(init=_init, update=self._update,
                           on_read=self._on_read),)
-
-  def next_step_of_interest(self, step: int):
-    return NEVER if self._timer is None else self._timer.next_trigger_step(step)
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     if self._timer is not None and self._timer.should_trigger_for_step(

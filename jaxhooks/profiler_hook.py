@@ -7,9 +7,9 @@ from typing import Any, List, Optional, Tuple
 
 import jax
 
-from jaxhooks.hook import (GLOBAL_STEP, NEVER, Hook, RunArgs, RunContext, RunValues,
-                           Session)
-from jaxhooks.timer import Clock, SecondOrStepTimer
+from jaxhooks.hook import (GLOBAL_STEP, NEVER, Hook, RunArgs, RunContext,
+                           RunValues, Session)
+from jaxhooks.timer import Clock, SecondOrStepTimer, TimerTriggered
 
 __all__ = ["ProfilerHook"]
 
@@ -22,7 +22,7 @@ def _check_step(name: str, value: Any, minimum: int) -> Optional[int]:
   return value
 
 
-class ProfilerHook(Hook):
+class ProfilerHook(TimerTriggered, Hook):
   """Captures ``jax.profiler`` traces of windows of ``num_steps`` steps.
 
   A window starts at global step ``start_step`` (once), or on every
@@ -123,9 +123,6 @@ class ProfilerHook(Hook):
     if self._timer is None:
       return self._start_step if step < self._start_step else NEVER
     return self._timer.next_trigger_step(step)
-
-  def due(self) -> bool:
-    return self._timer is not None and self._timer.due()
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     step = run_context.step

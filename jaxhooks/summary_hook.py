@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues, Session
 from jaxhooks.log_hooks import _tagged
-from jaxhooks.timer import Clock, SecondOrStepTimer
+from jaxhooks.timer import Clock, SecondOrStepTimer, TimerTriggered
 from jaxhooks.writers import (MetricWriter, default_writer, open_writer,
                               scalar_dict)
 
@@ -45,7 +45,7 @@ def scalar_outputs(state: Any, outputs: Any) -> Any:
   return found
 
 
-class SummarySaverHook(Hook):
+class SummarySaverHook(TimerTriggered, Hook):
   """Writes scalar summaries every N steps or seconds, as TF's hook does.
 
   The values are read from the device on trigger steps only, together with
@@ -120,12 +120,6 @@ class SummarySaverHook(Hook):
 
   def begin(self) -> None:
     open_writer(self._writer, self._output_dir)  # unwritable: fails here
-
-  def next_step_of_interest(self, step: int):
-    return self._timer.next_trigger_step(step)
-
-  def due(self) -> bool:
-    return self._timer.due()
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     if self._timer.claim(run_context.step):

@@ -12,9 +12,11 @@ holds one :class:`SecondOrStepTimer`; no hook re-implements the rule.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
-__all__ = ["SecondOrStepTimer", "Clock", "check_period"]
+from jaxhooks.hook import NEVER
+
+__all__ = ["SecondOrStepTimer", "TimerTriggered", "Clock", "check_period"]
 
 Clock = Callable[[], float]
 
@@ -218,3 +220,28 @@ class SecondOrStepTimer:
               if self._every_steps is not None
               else f"every_secs={self._every_secs}")
     return f"SecondOrStepTimer({period}, last_step={self._last_step})"
+
+
+class TimerTriggered:
+  """For hooks that act when ``self._timer`` fires (a
+  :class:`SecondOrStepTimer`, or ``None``: never): their
+  ``next_step_of_interest`` and ``due`` follow from the timer. Put it before
+  ``Hook`` in the bases.
+
+  Example:
+    >>> class Every(TimerTriggered):
+    ...   def __init__(self, timer): self._timer = timer
+    >>> Every(SecondOrStepTimer(every_steps=10)).next_step_of_interest(12)
+    20
+    >>> Every(None).next_step_of_interest(12), Every(None).due()
+    (inf, False)
+  """
+
+  _timer: Optional[SecondOrStepTimer]
+
+  def next_step_of_interest(self, step: int) -> Union[int, float, None]:
+    timer = self._timer
+    return NEVER if timer is None else timer.next_trigger_step(step)
+
+  def due(self) -> bool:
+    return self._timer is not None and self._timer.due()
