@@ -36,12 +36,12 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import jax
 
 from jaxhooks import checkpoint_io as cio
-from jaxhooks.errors import NonFiniteStateError
-from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
 from jaxhooks.checkpoint_listener import CheckpointSaverListener
 from jaxhooks.checkpoint_restore import restore_checkpoint
-from jaxhooks.preemption import PreemptionNotice, preemption_reached
 from jaxhooks.checkpoint_writes import CheckpointWrites, add_note
+from jaxhooks.errors import NonFiniteStateError
+from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
+from jaxhooks.preemption import PreemptionNotice, preemption_reached
 from jaxhooks.snapshot import BackgroundWriter, was_donated
 from jaxhooks.timer import Clock, SecondOrStepTimer, check_period
 
@@ -357,10 +357,9 @@ class CheckpointSaverHook(Hook):
           kept = ("no checkpoint was written" if self.last_saved_step is None
                   else f"the last checkpoint (step {self.last_saved_step}) "
                   "is kept")
-          note = (f"the train state of step {session.step} was donated to "
-                  "the failed step call, so it cannot be saved; " + kept + ".")
-          log.error("While stopping on %s: %s", type(exc).__name__, note)
-          exc.add_note(f"jaxhooks: checkpoint not saved: {note}")
+          add_note(exc, f"the train state of step {session.step} was donated "
+                   "to the failed step call, so it cannot be saved; " + kept
+                   + ".")
         else:
           self._save(session, finite=None, metrics=None, last=True,
                      failing=True)

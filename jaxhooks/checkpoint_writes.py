@@ -25,8 +25,9 @@ __all__ = ["CheckpointWrites", "add_note"]
 log = logging.getLogger("jaxhooks")
 
 
-def add_note(exc: BaseException, error: Exception) -> None:
-  """Logs ``error`` and adds it as a note to ``exc``, which ends the loop."""
+def add_note(exc: BaseException, error: Any) -> None:
+  """Logs why a checkpoint was not saved (an error, or a message) and adds
+  it as a note to ``exc``, which ends the loop."""
   log.error("While stopping on %s: %s", type(exc).__name__, error)
   exc.add_note(f"jaxhooks: checkpoint not saved: {error}")
 

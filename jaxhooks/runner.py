@@ -168,9 +168,7 @@ class HookedStep:
     session = self.session()
     for hook in self.hooks:
       hook.after_create_session(session, self.coord)
-    self._replan(self._step)
-    self._plan.full_next = True  # the first call runs every hook
-    self._set_quiet()
+    self._replan(self._step, first=True)
     return state
 
   def _build_program(self) -> None:
@@ -368,10 +366,11 @@ class HookedStep:
     if held is not None:
       lag.deliver(held, jax.device_get(held.device), self.coord)
 
-  def _replan(self, step: int) -> None:
-    """After a call that ran hooks: plans the next calls."""
+  def _replan(self, step: int, first: bool = False) -> None:
+    """After ``begin`` (``first``: the first call runs every hook) or a call
+    that ran hooks: plans the next calls."""
     self._plan.update(self.hooks, step, self._others)
-    self._plan.full_next = self._lagged is not None
+    self._plan.full_next = first or self._lagged is not None
     self._set_quiet()
 
   def _leave(self, phase: int) -> None:

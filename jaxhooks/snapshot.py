@@ -74,17 +74,23 @@ def _as_jax(buf: np.ndarray) -> Any:
     return buf
 
 
-def _on_host_device(x: Any) -> bool:
-  """A plain array on the first CPU device: the one a host buffer shows up
-  on as a JAX array (a copy anywhere else would move it)."""
+def _host_device() -> Any:
+  """The device a host buffer shows up on as a JAX array: the first CPU
+  device (``None`` without a CPU backend)."""
+  try:
+    return jax.local_devices(backend="cpu")[0]
+  except RuntimeError:
+    return None
+
+
+def _on_device(x: Any, device: Any) -> bool:
+  """A plain array on ``device`` only (not a PRNG key, not sharded)."""
   if not (isinstance(x, jax.Array) and x.is_fully_addressable
           and len(x.sharding.device_set) == 1):
     return False
   if jnp.issubdtype(x.dtype, jax.dtypes.extended):   # PRNG keys, ...
     return False
-  device = next(iter(x.sharding.device_set))
-  return device.platform == "cpu" and device == jax.local_devices(
-      backend="cpu")[0]
+  return next(iter(x.sharding.device_set)) == device
 
 
 def snapshot(state: Any, *, donated: bool,
@@ -116,8 +122,9 @@ def snapshot(state: Any, *, donated: bool,
   buffers = {} if buffers is None else buffers
   out = list(leaves)
   on_device = []
+  host = _host_device()   # a copy onto any other device would move a leaf
   for i, x in enumerate(leaves):
-    if _on_host_device(x):
+    if host is not None and _on_device(x, host):
       buf = buffers.get(i)
       if buf is None or buf.shape != x.shape or buf.dtype != x.dtype:
         buf = buffers[i] = _aligned_buffer(x.shape, x.dtype)
