@@ -37,6 +37,7 @@ import jax
 
 from jaxhooks import checkpoint_io as cio
 from jaxhooks.checkpoint_listener import CheckpointSaverListener
+from jaxhooks.checkpoint_lock import DirectoryLock
 from jaxhooks.checkpoint_restore import restore_checkpoint
 from jaxhooks.checkpoint_writes import CheckpointWrites, add_note
 from jaxhooks.errors import NonFiniteStateError
@@ -170,6 +171,7 @@ class CheckpointSaverHook(Hook):
     self._on_nonfinite = on_nonfinite
     self._notice = PreemptionNotice()
     self._writes: Optional[CheckpointWrites] = None   # begin() to end()
+    self._lock = DirectoryLock(self.checkpoint_dir)
     self._open = False
     self._hooks: Tuple[Hook, ...] = (self,)
     self._coord = None
@@ -219,6 +221,9 @@ class CheckpointSaverHook(Hook):
   def begin(self) -> None:
     index = jax.process_index()
     cio.check_writable(self.checkpoint_dir, index)
+    # Before the manager opens (and cleans up) anything in the directory.
+    if index == 0:
+      self._lock.acquire()
     # Orbax's own async saves run their barriers across processes; one
     # process writes synchronously on the worker thread instead.
     several = jax.process_count() > 1
@@ -348,11 +353,18 @@ class CheckpointSaverHook(Hook):
       raise failure
 
   def on_exception(self, session: Session, exc: BaseException) -> None:
+    # The loop is ending: a SIGTERM from now on must act as it did before.
+    self._notice.uninstall()
+    if not self._open:   # begin failed before the manager opened
+      self._close(exc)
+      return
     failure = self._writes.failure()
     if failure is not None:
       add_note(exc, failure)
     try:
-      if self._save_on_exception and session.step != self.last_saved_step:
+      # Only a session that started (not a failed begin) has a state to save.
+      if (self._save_on_exception and self._coord is not None
+          and session.step != self.last_saved_step):
         if was_donated(session.state):
           kept = ("no checkpoint was written" if self.last_saved_step is None
                   else f"the last checkpoint (step {self.last_saved_step}) "
@@ -411,11 +423,16 @@ class CheckpointSaverHook(Hook):
     return True, stop
 
   def _close(self, exc: Optional[BaseException] = None) -> None:
-    """Ends the session's writes (see ``CheckpointWrites.close``)."""
-    self._notice.uninstall()
-    if self._open:
-      self._open = False
-      self._writes.close(exc)
+    """Ends the session's writes (see ``CheckpointWrites.close``), then
+    puts the signal handlers back and unlocks the directory."""
+    try:
+      if self._open:
+        self._open = False
+        self._writes.close(exc)
+    finally:
+      self._notice.uninstall()
+      self._lock.release()
+      self._coord = None
 
   def __repr__(self) -> str:
     period = "no periodic saves" if self._timer is None else repr(self._timer)

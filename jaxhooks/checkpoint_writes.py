@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 
 from jaxhooks import checkpoint_io as cio
 from jaxhooks.errors import CheckpointError
-from jaxhooks.snapshot import BackgroundWriter
+from jaxhooks.snapshot import BackgroundWriter, copy_mutable
 
 __all__ = ["CheckpointWrites", "add_note"]
 
@@ -85,7 +85,8 @@ class CheckpointWrites:
                             hook_states=hook_states, data=data,
                             metrics=metrics)
     if self._writer is None:
-      write(state)
+      # An async manager reads the state after save() returns.
+      write(state if self._blocking else copy_mutable(state))
       if self._blocking:
         self.written_step = step
     else:

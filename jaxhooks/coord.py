@@ -8,7 +8,7 @@ multi-process coordinator has to agree on.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Union
 
 import jax
 
@@ -34,6 +34,7 @@ class Coordinator:
     self._process_count = (jax.process_count() if process_count is None
                            else process_count)
     self._reasons: List[str] = []
+    self._errors: List[BaseException] = []
 
   @property
   def process_index(self) -> int:
@@ -61,18 +62,40 @@ class Coordinator:
     promptly (a preemption notice). Safe to call from a signal handler."""
     self.awake = True
 
-  def request_stop(self, reason: str = "stop requested", *,
-                   deterministic: bool = False) -> None:
+  def request_stop(self, reason: Union[str, BaseException] = "stop requested",
+                   *, deterministic: bool = False) -> None:
     """Asks the loop to stop after the current step.
 
     Args:
-      reason: recorded in ``stop_reasons``.
+      reason: recorded in ``stop_reasons``. An exception (a data thread's
+        or a hook's failure, as TensorFlow's ``coord.request_stop(ex)``)
+        also stops the loop, and is raised when the session ends: from
+        ``end()``, after every hook's ``end`` ran.
       deterministic: the same request is made on every process at this step
         (it follows from the global step); in one process every request is.
+
+    Example:
+      >>> coord = Coordinator()
+      >>> coord.request_stop(OSError("data thread: disk read failed"))
+      >>> coord.should_stop(), coord.errors
+      (True, (OSError('data thread: disk read failed'),))
     """
     del deterministic  # one process: every request takes effect at once
-    self._reasons.append(str(reason))
+    self._reasons.append(self._record(reason))
     self.wake()      # a call without hooks must see it too
+
+  def _record(self, reason: Union[str, BaseException]) -> str:
+    """Keeps an exception given as a stop reason; returns the reason text."""
+    if isinstance(reason, BaseException):
+      self._errors.append(reason)
+      return f"{type(reason).__name__}: {reason}"
+    return str(reason)
+
+  @property
+  def errors(self) -> tuple:
+    """The exceptions given to ``request_stop``, raised when the session
+    ends."""
+    return tuple(self._errors)
 
   def bind(self, hooks: Sequence[Any]) -> None:
     """Called by the runner after restore with the hooks it runs."""

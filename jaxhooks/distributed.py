@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import jax
 
@@ -132,13 +132,14 @@ class DistributedCoordinator(Coordinator):
     """Local stop requests not yet agreed."""
     return tuple(self._pending)
 
-  def request_stop(self, reason: str = "stop requested", *,
-                   deterministic: bool = False) -> None:
+  def request_stop(self, reason: Union[str, BaseException] = "stop requested",
+                   *, deterministic: bool = False) -> None:
+    text = self._record(reason)   # an exception is raised here at the end
     if deterministic or self._independent or self.process_count == 1:
-      self._reasons.append(str(reason))
+      self._reasons.append(text)
       self.wake()
     else:
-      self._pending.append(str(reason))
+      self._pending.append(text)
 
   def agree_preemption_step(self, step: int, *,
                             notified: bool) -> Optional[int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 __all__ = ["PreemptionNotice", "preemption_reached"]
 
@@ -79,18 +79,48 @@ class PreemptionNotice:
                   "only be installed from the main thread.")
       return False
     for sig in self._signals:
-      self._previous[sig] = signal.signal(sig, self.notify)
+      _subscribe(sig, self)
+      self._previous[sig] = True
     return True
 
   def uninstall(self) -> None:
-    """Puts the previous handlers back."""
+    """Stops handling the signals; once no notice handles a signal, the
+    handler that was there before the first one is back."""
     previous, self._previous = self._previous, {}
-    for sig, handler in previous.items():
-      signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    for sig in previous:
+      _unsubscribe(sig, self)
 
   def __repr__(self) -> str:
     return (f"PreemptionNotice(received={self.received}, "
             f"installed={self.installed})")
+
+
+# One handler per signal, shared by every installed notice, so that notices
+# installed and uninstalled in any order leave the original handler back.
+_original: Dict[int, Any] = {}
+_subscribers: Dict[int, List[PreemptionNotice]] = {}
+
+
+def _dispatch(signum: int, frame: Any) -> None:
+  for notice in list(_subscribers.get(signum, ())):
+    notice.notify(signum, frame)
+
+
+def _subscribe(sig: int, notice: PreemptionNotice) -> None:
+  if sig not in _subscribers:
+    _original[sig] = signal.signal(sig, _dispatch)
+    _subscribers[sig] = []
+  _subscribers[sig].append(notice)
+
+
+def _unsubscribe(sig: int, notice: PreemptionNotice) -> None:
+  notices = _subscribers.get(sig, [])
+  if notice in notices:
+    notices.remove(notice)
+  if sig in _subscribers and not notices:
+    del _subscribers[sig]
+    handler = _original.pop(sig)
+    signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def preemption_reached(coord: Any, notice: PreemptionNotice, step: int, *,

@@ -26,15 +26,17 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 
-from jaxhooks import fetch, lag
+from jaxhooks import fetch, lag, process_exit
 from jaxhooks.coord import Coordinator
 from jaxhooks.distributed import default_coordinator
 from jaxhooks.errors import LifecycleError, StepMismatchError
+from jaxhooks.failures import Failures
 from jaxhooks.hook import (Hook, RunArgs, RunContext, RunValues, Session,
                            check_hooks)
 from jaxhooks.program import (StepProgram, check_step_result, donates_state,
                               merge_feeds)
 from jaxhooks.schedule import Schedule
+from jaxhooks.snapshot import was_donated
 
 __all__ = ["HookedStep"]
 
@@ -110,6 +112,7 @@ class HookedStep:
     # hook, unless coord is woken or one of these due() says so.
     self._quiet_until: Any = -1
     self._due: Tuple[Callable[[], bool], ...] = ()
+    self._step_error: Optional[BaseException] = None
 
   # -- lifecycle ------------------------------------------------------------
 
@@ -145,6 +148,10 @@ class HookedStep:
   def begin(self, state: Any) -> Any:
     """Runs ``begin``, restore and ``after_create_session``.
 
+    When any of them fails, the hooks whose ``begin`` ran get
+    ``on_exception`` (signal handlers are put back, directories unlocked)
+    and the error is raised; the session is then failed.
+
     Returns:
       The state to train from: the restored one, or ``state``.
     """
@@ -152,23 +159,32 @@ class HookedStep:
       raise LifecycleError("`begin` was already called on this hooked step.")
     # Fail on a state without a step before any hook does work.
     fetch.read_step(self._step_fn, state, custom=self._custom_step_fn)
-    for hook in self.hooks:
-      hook.begin()
-    for hook in self.hooks:
-      restored = hook.restore(state, self.hooks)
-      if restored is not None:
-        state = restored
-    step = fetch.read_step(self._step_fn, state, custom=self._custom_step_fn)
-    self._step = int(jax.device_get(step))
     self._state = state
-    self._phase = _RUNNING
-    self.coord.bind(self.hooks)
-    self._plan.check_every = self.coord.check_every_n_steps
-    self._build_program()
-    session = self.session()
-    for hook in self.hooks:
-      hook.after_create_session(session, self.coord)
-    self._replan(self._step, first=True)
+    begun: List[Hook] = []
+    try:
+      for hook in self.hooks:
+        begun.append(hook)
+        hook.begin()
+      for hook in self.hooks:
+        restored = hook.restore(state, self.hooks)
+        if restored is not None:
+          state = restored
+      self._state = state
+      step = fetch.read_step(self._step_fn, state,
+                             custom=self._custom_step_fn)
+      self._step = int(jax.device_get(step))
+      self._phase = _RUNNING
+      self.coord.bind(self.hooks)
+      self._plan.check_every = self.coord.check_every_n_steps
+      self._build_program()
+      session = self.session()
+      for hook in self.hooks:
+        hook.after_create_session(session, self.coord)
+      self._replan(self._step, first=True)
+    except BaseException as exc:
+      self._end_hooks(_FAILED, begun, "on_exception", exc)
+      raise
+    process_exit.track(self)
     return state
 
   def _build_program(self) -> None:
@@ -221,7 +237,7 @@ class HookedStep:
         self._leave(_STOPPED)
         return state, None, True
       except BaseException as exc:
-        self.abort(exc)
+        self._fail(exc, state, in_step=True)
         raise
       self._step = start + 1
       self._state, self._outputs = new_state, new_outputs
@@ -240,7 +256,7 @@ class HookedStep:
       if hooks is not None:
         return self._run(state, batch, n, hooks)
       # No hook acts on this call: dispatch and count, nothing else.
-      new_state, new_outputs = self._dispatch(state, batch, n)
+      new_state, new_outputs = self._step_call(state, batch, n)
       self._step = start + n
       self._state, self._outputs = new_state, new_outputs
       return new_state, new_outputs, False
@@ -252,8 +268,33 @@ class HookedStep:
     except BaseException as exc:
       # The input of the failed call is the last good state.
       self._state, self._step, self._outputs = state, start, outputs
-      self.abort(exc)
+      self._values, self._lagged = values, lagged
+      self._fail(exc, state, in_step=exc is self._step_error)
       raise
+
+  def _step_call(self, state: Any, batch: Any, n: int) -> Tuple[Any, Any]:
+    """``_dispatch``, noting an error it raises as the step's own."""
+    try:
+      return self._dispatch(state, batch, n)
+    except Exception as e:
+      self._step_error = e
+      raise
+
+  def _fail(self, exc: BaseException, state: Any, *, in_step: bool) -> None:
+    """Decides what a call that raised ``exc`` does to the session.
+
+    The call failed, the session goes on (the caller may catch the error
+    and go on with the same state, as in TensorFlow): an ``Exception``
+    raised by the train step itself (or the batch it was given), in one
+    process, with the input state intact. Anything else (a hook's error,
+    ``KeyboardInterrupt``, a donated input state, several processes, whose
+    collectives cannot be re-entered) ends the session: ``abort``.
+    """
+    self._step_error = None
+    if (in_step and isinstance(exc, Exception)
+        and self.coord.process_count == 1 and not was_donated(state)):
+      return
+    self.abort(exc)
 
   def _dispatch(self, state: Any, batch: Any, n: int) -> Tuple[Any, Any]:
     program = self._program
@@ -284,7 +325,7 @@ class HookedStep:
              if r is not None and r.feed_dict is not None]
     if feeds:
       batch = merge_feeds(batch, feeds)
-    result = self._dispatch(state, batch, n)
+    result = self._step_call(state, batch, n)
     if not self._checked_outputs:
       check_step_result(result)
       self._checked_outputs = True
@@ -408,22 +449,37 @@ class HookedStep:
     except BaseException as exc:
       self.abort(exc)
       raise
-    self._leave(_ENDED)
-    session = self.session()
-    for hook in self.hooks:
-      hook.end(session)
+    self._end_hooks(_ENDED, self.hooks, "end")
     return self._state
 
   def abort(self, exc: BaseException) -> None:
     """Marks the session failed and calls every hook's ``on_exception``
-    with the last good state (``end`` is not called, as in TensorFlow)."""
+    with the last good state (``end`` is not called, as in TensorFlow).
+    Errors of those calls are attached to ``exc`` as notes."""
     if self._phase in (_FAILED, _ENDED):
       return
-    self._leave(_FAILED)
     self._lagged = None
+    self._end_hooks(_FAILED, self.hooks, "on_exception", exc)
+
+  def _end_hooks(self, phase: int, hooks: Sequence[Hook], method: str,
+                 exc: Optional[BaseException] = None) -> None:
+    """Leaves the session for ``phase`` and calls ``method`` of every hook
+    in ``hooks``, even after one raised. ``end``: the first error (an
+    error reported to ``coord`` first) is raised, the others attached to
+    it. ``on_exception``: errors are attached to ``exc``."""
+    self._leave(phase)
+    process_exit.untrack(self)
     session = self.session()
-    for hook in self.hooks:
-      hook.on_exception(session, exc)
+    failures = Failures(exc)
+    args: tuple = (session,) if exc is None else (session, exc)
+    if exc is None:
+      for error in self.coord.errors:
+        failures.add(error, "a stop request")
+    for hook in hooks:
+      failures.run(f"`{type(hook).__name__}.{method}`",
+                   getattr(hook, method), *args)
+    if exc is None:
+      failures.raise_first()
 
   # -- checks -----------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["snapshot", "BackgroundWriter", "was_donated"]
+__all__ = ["snapshot", "copy_mutable", "BackgroundWriter", "was_donated"]
 
 
 def was_donated(state: Any) -> bool:
@@ -47,6 +47,27 @@ def was_donated(state: Any) -> bool:
   """
   return any(isinstance(x, jax.Array) and x.is_deleted()
              for x in jax.tree_util.tree_leaves(state))
+
+
+def copy_mutable(state: Any) -> Any:
+  """``state`` with every NumPy array leaf copied: the caller may change
+  those in place while a write reads them (JAX arrays are immutable and
+  stay as they are).
+
+  Example:
+    >>> import numpy as np, jax.numpy as jnp
+    >>> state = {"w": np.zeros(2), "b": jnp.ones(1)}
+    >>> snap = copy_mutable(state)
+    >>> state["w"] += 1
+    >>> snap["w"].tolist(), snap["b"] is state["b"]
+    ([0.0, 0.0], True)
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(state)
+  if not any(isinstance(x, np.ndarray) for x in leaves):
+    return state
+  return jax.tree_util.tree_unflatten(
+      treedef, [np.array(x) if isinstance(x, np.ndarray) else x
+                for x in leaves])
 
 
 @jax.jit
@@ -117,10 +138,10 @@ def snapshot(state: Any, *, donated: bool,
     True
   """
   if not donated:
-    return state
+    return copy_mutable(state)
   leaves, treedef = jax.tree_util.tree_flatten(state)
   buffers = {} if buffers is None else buffers
-  out = list(leaves)
+  out = [np.array(x) if isinstance(x, np.ndarray) else x for x in leaves]
   on_device = []
   host = _host_device()   # a copy onto any other device would move a leaf
   for i, x in enumerate(leaves):

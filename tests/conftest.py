@@ -106,3 +106,13 @@ def count_compiles():
     yield count
   finally:
     count[0] = len(_BACKEND_COMPILES) - start
+
+
+@pytest.fixture(autouse=True)
+def _abort_sessions_left_open():
+  """A test that leaves a session open (no `end`) aborts it when it ends,
+  as the interpreter's exit would: handlers back, writes finished."""
+  yield
+  from jaxhooks import process_exit
+  for session in process_exit.open_sessions():
+    session.abort(jh.LifecycleError("the test ended without `end()`"))

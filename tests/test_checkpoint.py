@@ -355,7 +355,8 @@ def test_sigterm_saves_next_step_waits_and_stops(tmp_path):
   saver = jh.CheckpointSaverHook(tmp_path, save_steps=100)
   step = jh.wrap(dict_step, hooks=[saver])
   state = step.begin(dict_state())
-  assert signal.getsignal(signal.SIGTERM) == saver.preemption_notice.notify
+  assert saver.preemption_notice.installed
+  assert signal.getsignal(signal.SIGTERM) not in (before, signal.SIG_DFL)
   stop, calls = False, 0
   while not stop:
     state, _, stop = step(state, jnp.ones(2))
@@ -528,7 +529,8 @@ def test_the_loop_goes_on_while_a_save_is_written(tmp_path, monkeypatch):
     if step.step == 2:
       w2 = np.asarray(state["w"]).tobytes()
   assert step.step == 3
-  assert sorted(os.listdir(tmp_path / "c")) == []  # not begun writing
+  assert [d for d in os.listdir(tmp_path / "c")
+          if not d.startswith(".")] == []  # not begun writing
   release.set()
   step.end(state)
   assert saver.all_steps() == [2, 3]

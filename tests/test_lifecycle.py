@@ -1,5 +1,6 @@
 """Call order, stop semantics and the end/exception rules (DESIGN.md 2)."""
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -99,10 +100,10 @@ def test_stop_iteration_raised_by_the_step_itself_ends_cleanly():
   assert log[-2:] == [("r", "before_run", 2), ("r", "end", 1)]
 
 
-def test_other_exceptions_skip_end_and_report_the_last_good_state():
+def test_an_error_of_the_step_fails_the_call_and_the_session_goes_on():
   log = []
   def train_step(state, batch):
-    if int(state["step"]) == 2:
+    if batch is None:
       raise ValueError("bad batch")
     return dict_step(state, batch)
   step = jh.wrap(train_step, hooks=[Recorder("r", log)])
@@ -110,11 +111,28 @@ def test_other_exceptions_skip_end_and_report_the_last_good_state():
   for _ in range(2):
     state, _, _ = step(state, jnp.ones(2))
   with pytest.raises(ValueError, match="bad batch"):
+    step(state, None)
+  assert log[-1] == ("r", "before_run", 3)   # no after_run, no on_exception
+  assert step.state is state and step.step == 2 and not step.should_stop
+  state, _, _ = step(state, jnp.ones(2))     # a good batch: step 3
+  step.end(state)
+  assert log[-3:] == [("r", "before_run", 3), ("r", "after_run", 3),
+                      ("r", "end", 3)]
+
+
+def test_an_error_of_a_step_that_donated_its_state_ends_the_session():
+  log = []
+  donating = jax.jit(dict_step.__wrapped__, donate_argnums=0)
+  def train_step(state, batch):
+    new = donating(state, batch)
+    if int(new[0]["step"]) == 2:
+      raise ValueError("failed after the update")
+    return new
+  step = jh.wrap(train_step, hooks=[Recorder("r", log)])
+  state, _, _ = step(step.begin(dict_state()), jnp.ones(2))
+  with pytest.raises(ValueError, match="after the update"):
     step(state, jnp.ones(2))
-  assert log[-2:] == [("r", "before_run", 3),
-                      ("r", "on_exception", 2, "ValueError")]
-  assert not any(e[1] == "end" for e in log)
-  assert step.state is state  # the last good state is kept
+  assert log[-1] == ("r", "on_exception", 1, "ValueError")
   with pytest.raises(jh.LifecycleError, match="after a failed step"):
     step.end(state)
 

@@ -1,0 +1,342 @@
+"""The failure contract (DESIGN.md 7): whatever ends the loop, every hook's
+``end``/``on_exception`` runs, started saves reach the disk, signal
+handlers and the directory lock are put back, and the first error reaches
+the user with the others attached."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import jaxhooks as jh
+from conftest import Recorder, dict_state, dict_step
+from jaxhooks import checkpoint_io
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+DEADLINE = 120   # seconds a subprocess may take
+
+
+def run_python(code, *args, deadline=DEADLINE):
+  """Runs ``code`` in a new interpreter; killed by its pid at the
+  deadline."""
+  proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code),
+                           *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=ENV)
+  try:
+    out, err = proc.communicate(timeout=deadline)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.communicate()
+    raise
+  return proc.returncode, out, err
+
+
+class Raises(jh.SessionRunHook):
+  """Raises ``error`` from ``end`` and ``on_exception``."""
+
+  def __init__(self, error, log):
+    self.error, self.log = error, log
+
+  def end(self, session):
+    self.log.append(("raises", "end", session.step))
+    raise self.error
+
+  def on_exception(self, session, exc):
+    self.log.append(("raises", "on_exception", session.step))
+    raise self.error
+
+
+# -- 1. a started save survives every way out of the loop --------------------
+
+# The write of step 4 is held until the interpreter has begun to exit, so
+# it is in flight whichever way the loop is left.
+_LEAVE_LOOP = """
+import sys, threading, time
+import jax, jax.numpy as jnp
+import jaxhooks as jh
+from jaxhooks import checkpoint_io as cio
+how, ckpt = sys.argv[1], sys.argv[2]
+real = cio.step_writer
+def held_writer(manager, step, *args, **kwargs):
+  write = real(manager, step, *args, **kwargs)
+  def held(state):
+    while step == 4 and not threading._SHUTTING_DOWN:
+      time.sleep(0.005)
+    write(state)
+  return held
+cio.step_writer = held_writer
+train_step = jax.jit(lambda s, b: ({"w": s["w"] + 1, "step": s["step"] + 1},
+                                   {}))
+saver = jh.CheckpointSaverHook(ckpt, save_steps=4)
+step = jh.wrap(train_step, hooks=[saver])
+state = step.begin({"w": jnp.zeros(3), "step": jnp.array(0)})
+for _ in range(5):
+  state, _, _ = step(state)
+print("saved", saver.last_saved_step, flush=True)
+if how == "raise":
+  raise OSError("the data pipeline failed")
+if how == "interrupt":
+  raise KeyboardInterrupt
+if how == "exit":
+  sys.exit(3)
+# "forget": the script ends without step.end(state)
+"""
+
+
+@pytest.mark.parametrize("how, rc, said", [
+    ("raise", 1, "exiting on OSError at step 5 without `end()`"),
+    ("interrupt", -signal.SIGINT, "exiting on KeyboardInterrupt at step 5"),
+    ("exit", 3, "The process exited at step 5 without `end()`"),
+    ("forget", 0, "The process exited at step 5 without `end()`"),
+])
+def test_a_started_save_is_written_however_the_loop_is_left(tmp_path, how,
+                                                             rc, said):
+  code, out, err = run_python(_LEAVE_LOOP, how, tmp_path)
+  assert (code, out) == (rc, "saved 4\n"), err
+  assert said in err
+  assert sorted(os.listdir(tmp_path)) == [".jaxhooks-lock", "4"], err
+  restored = ocp.StandardCheckpointer().restore(tmp_path / "4" / "state")
+  assert restored["w"].tolist() == [4.0, 4.0, 4.0]
+
+
+# -- 2. every hook's end / on_exception runs ----------------------------------
+
+
+def test_a_hook_raising_in_end_keeps_no_other_hook_from_its_end(tmp_path):
+  before = signal.getsignal(signal.SIGTERM)
+  log = []
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=100)
+  step = jh.wrap(dict_step, hooks=[
+      Raises(ValueError("first"), log), Recorder("r", log), saver,
+      Raises(KeyError("second"), log)])
+  state = step.begin(dict_state())
+  for _ in range(3):
+    state, _, _ = step(state, jnp.ones(2))
+  with pytest.raises(ValueError, match="first") as raised:
+    step.end(state)
+  assert [e for e in log if e[1] == "end"] == [
+      ("raises", "end", 3), ("r", "end", 3), ("raises", "end", 3)]
+  assert raised.value.__notes__ == [
+      "jaxhooks: `Raises.end` failed too: KeyError: 'second'"]
+  assert saver.all_steps() == [3]                 # the final save
+  assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_hook_raising_in_on_exception_keeps_the_others(tmp_path):
+  before = signal.getsignal(signal.SIGTERM)
+  log = []
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=2,
+                                 save_on_exception=True)
+  def fail_at_3(ctx, values):
+    if ctx.step == 3:
+      raise ZeroDivisionError("a hook failed")
+  step = jh.wrap(dict_step, hooks=[
+      Raises(ValueError("cleanup failed"), log), jh.LambdaHook(
+          after_run=fail_at_3), saver, Recorder("r", log)])
+  state = step.begin(dict_state())
+  with pytest.raises(ZeroDivisionError) as raised:
+    for _ in range(3):
+      state, _, _ = step(state, jnp.ones(2))
+  assert raised.value.__notes__ == [
+      "jaxhooks: `Raises.on_exception` failed too: ValueError: cleanup "
+      "failed"]
+  assert log[-1] == ("r", "on_exception", 2, "ZeroDivisionError")
+  assert saver.all_steps() == [2]   # step 2 written; 2 is the last good one
+  assert signal.getsignal(signal.SIGTERM) == before
+
+
+# -- 3. one run at a time per checkpoint directory ----------------------------
+
+
+def test_a_second_run_on_the_same_directory_is_refused_before_writing(
+    tmp_path):
+  first = jh.CheckpointSaverHook(tmp_path, save_steps=2)
+  step = jh.wrap(dict_step, hooks=[first])
+  state = step.begin(dict_state())
+  for _ in range(2):
+    state, _, _ = step(state, jnp.ones(2))
+  first.wait_until_finished()
+  before = sorted(os.listdir(tmp_path))
+  second = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(
+      tmp_path, save_steps=1)])
+  with pytest.raises(jh.CheckpointError,
+                     match=rf"`checkpoint_dir` '{tmp_path}' is in use by "
+                     rf"another run \(pid {os.getpid()} on host"):
+    second.begin(dict_state())
+  assert sorted(os.listdir(tmp_path)) == before
+  step.end(state)                  # the first run goes on and ends
+  assert first.all_steps() == [2]
+  again = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  assert int(again.begin(dict_state())["step"]) == 2   # free again
+  again.end()
+
+
+_HOLD_LOCK = """
+import sys
+from jaxhooks.checkpoint_lock import DirectoryLock
+DirectoryLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+sys.stdin.readline()      # holds the lock until killed
+"""
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block_a_restart(tmp_path):
+  proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True, env=ENV)
+  try:
+    reader = threading.Thread(target=lambda: lines.append(
+        proc.stdout.readline()), daemon=True)
+    lines = []
+    reader.start()
+    reader.join(DEADLINE)
+    assert lines == ["locked\n"]
+    step = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+    with pytest.raises(jh.CheckpointError,
+                       match=f"in use by another run \\(pid {proc.pid} "):
+      step.begin(dict_state())
+  finally:
+    proc.kill()                       # SIGKILL: no clean-up in the holder
+    proc.wait(DEADLINE)
+  step = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  step.begin(dict_state())
+  step.end()
+
+
+# -- 5. NumPy leaves changed in place while a save is written -----------------
+
+
+def test_numpy_leaves_changed_in_place_are_saved_as_they_were(
+    tmp_path, monkeypatch):
+  release, real = threading.Event(), checkpoint_io.step_writer
+
+  def held_writer(manager, step, *args, **kwargs):
+    write = real(manager, step, *args, **kwargs)
+    def held(state):
+      if step == 4:
+        assert release.wait(timeout=DEADLINE)
+      write(state)
+    return held
+  monkeypatch.setattr(checkpoint_io, "step_writer", held_writer)
+
+  def train_step(state, batch):   # NumPy, updated in place
+    state["w"] += 1.0
+    state["step"] += 1
+    return state, {}
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=4)
+  step = jh.wrap(train_step, hooks=[saver])
+  state = step.begin({"w": np.zeros(3, np.float32),
+                      "step": np.zeros((), np.int32)})
+  for _ in range(6):
+    state, _, _ = step(state)
+  release.set()
+  step.end(state)
+  saved = ocp.StandardCheckpointer().restore(tmp_path / "4" / "state")
+  assert (saved["w"].tolist(), int(saved["step"])) == ([4.0] * 3, 4)
+
+
+# -- 14. a failed begin puts everything back ----------------------------------
+
+
+def test_a_failed_begin_puts_the_signal_handler_back_and_unlocks(tmp_path):
+  before = signal.getsignal(signal.SIGTERM)
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=2)
+  step = jh.wrap(dict_step, hooks=[saver])
+  state = step.begin(dict_state())
+  for _ in range(2):
+    state, _, _ = step(state, jnp.ones(2))
+  step.end(state)
+  log = []
+  other = jh.wrap(dict_step, hooks=[Recorder("r", log),
+                                    jh.CheckpointSaverHook(tmp_path)])
+  with pytest.raises(jh.CheckpointMismatchError):
+    other.begin({"w": jnp.ones(5), "step": jnp.array(0)})
+  assert log == [("r", "begin"), ("r", "on_exception", 0,
+                                  "CheckpointMismatchError")]
+  assert signal.getsignal(signal.SIGTERM) == before
+  with pytest.raises(jh.LifecycleError):
+    other(state, jnp.ones(2))
+  again = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  assert int(again.begin(dict_state())["step"]) == 2   # not locked
+  again.end()
+
+
+def test_two_savers_put_the_original_handler_back_in_any_order(tmp_path):
+  before = signal.getsignal(signal.SIGTERM)
+  first = jh.CheckpointSaverHook(tmp_path / "a")
+  second = jh.CheckpointSaverHook(tmp_path / "b")
+  step = jh.wrap(dict_step, hooks=[first, second])
+  step.end(step.begin(dict_state()))
+  assert signal.getsignal(signal.SIGTERM) == before
+  a = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path / "c")])
+  b = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path / "d")])
+  state_a, state_b = a.begin(dict_state()), b.begin(dict_state())
+  a.end(state_a)
+  b.end(state_b)
+  assert signal.getsignal(signal.SIGTERM) == before
+
+
+# -- 17. an error reported to the coordinator is raised at the end ------------
+
+
+def test_an_error_given_to_request_stop_is_raised_after_every_end(tmp_path):
+  log = []
+  class DataThreadFailed(jh.SessionRunHook):
+    def after_create_session(self, session, coord):
+      self.coord = coord
+    def after_run(self, ctx, values):
+      if ctx.step == 2:
+        self.coord.request_stop(OSError("the data thread failed"))
+  saver = jh.CheckpointSaverHook(tmp_path)
+  step = jh.wrap(dict_step, hooks=[DataThreadFailed(), Recorder("r", log),
+                                   saver])
+  state = step.begin(dict_state())
+  stop = False
+  while not stop:
+    state, _, stop = step(state, jnp.ones(2))
+  assert step.step == 2
+  with pytest.raises(OSError, match="the data thread failed"):
+    step.end(state)
+  assert log[-1] == ("r", "end", 2)
+  assert saver.all_steps() == [2]
+
+
+def test_monitored_session_raises_a_reported_error_from_the_with_block():
+  class Reports(jh.SessionRunHook):
+    def after_create_session(self, session, coord):
+      coord.request_stop(ValueError("bad input file"))
+  with pytest.raises(ValueError, match="bad input file"):
+    with jh.MonitoredTrainingSession(dict_step, dict_state(),
+                                     hooks=[Reports()],
+                                     log_step_count_steps=0) as sess:
+      while not sess.should_stop():
+        sess.run(jnp.ones(2))
+
+
+# -- 18. a caught error of one run() does not end the session -----------------
+
+
+def test_monitored_session_goes_on_after_a_caught_bad_batch():
+  log = []
+  batches = [jnp.ones(2), jnp.ones(3), jnp.ones(2)]   # the second is bad
+  with jh.MonitoredTrainingSession(
+      dict_step, dict_state(), log_step_count_steps=0,
+      hooks=[jh.StopAtStepHook(last_step=2), Recorder("r", log)]) as sess:
+    for batch in batches:
+      try:
+        sess.run(batch)
+      except TypeError:
+        pass
+  assert int(sess.state["step"]) == 2
+  assert [e for e in log if e[1] in ("after_run", "end")] == [
+      ("r", "after_run", 1), ("r", "after_run", 2), ("r", "end", 2)]
