@@ -36,11 +36,12 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import jax
 
 from jaxhooks import checkpoint_io as cio
+from jaxhooks import process_exit
 from jaxhooks.checkpoint_listener import CheckpointSaverListener
 from jaxhooks.checkpoint_lock import DirectoryLock
 from jaxhooks.checkpoint_restore import restore_checkpoint
 from jaxhooks.checkpoint_writes import CheckpointWrites, add_note
-from jaxhooks.errors import NonFiniteStateError
+from jaxhooks.errors import LifecycleError, NonFiniteStateError
 from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
 from jaxhooks.preemption import PreemptionNotice, preemption_reached
 from jaxhooks.snapshot import BackgroundWriter, was_donated
@@ -58,6 +59,21 @@ def _check_int(name: str, value: Any, minimum: int) -> Optional[int]:
     raise ValueError(f"`{name}` must be an int >= {minimum} or None, got "
                      f"{value!r}.")
   return value
+
+
+def _end_earlier_sessions(directory: str) -> None:
+  """Aborts the sessions of this process left open (not ended) that still
+  hold ``directory``: a notebook cell run again after an error, say. A
+  session open in another process keeps its lock (``DirectoryLock``)."""
+  for session in process_exit.open_sessions():
+    if any(isinstance(h, CheckpointSaverHook) and h._lock.held
+           and h.checkpoint_dir == directory for h in session.hooks):
+      error = LifecycleError(
+          f"A new session on `checkpoint_dir` {directory!r} ended this one, "
+          f"left open at step {session.step} without `end()`.")
+      log.warning("%s Its pending writes are finished and its hooks' "
+                  "`on_exception` run.", error)
+      session.abort(error)
 
 
 class CheckpointSaverHook(Hook):
@@ -223,6 +239,7 @@ class CheckpointSaverHook(Hook):
     cio.check_writable(self.checkpoint_dir, index)
     # Before the manager opens (and cleans up) anything in the directory.
     if index == 0:
+      _end_earlier_sessions(self.checkpoint_dir)
       self._lock.acquire()
     # Orbax's own async saves run their barriers across processes; one
     # process writes synchronously on the worker thread instead.

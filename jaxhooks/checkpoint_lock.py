@@ -8,9 +8,11 @@ anything in it, and holds it until ``end``/``on_exception``::
   <checkpoint_dir>/.jaxhooks-lock    flock(LOCK_EX | LOCK_NB), held by
                                      process 0 of the run; the file says
                                      who holds it (host, pid, start time)
+                                     and is removed when the run ends
 
 The lock belongs to the open file, so the kernel drops it when the process
-dies in any way, SIGKILL included: a stale lock never blocks a restart. On
+dies in any way, SIGKILL included: a stale lock never blocks a restart (the
+file a killed run leaves is taken over). On
 NFS, Linux maps ``flock`` onto the server's byte-range locks, which are
 shared between hosts. Object stores (``gs://``, ``s3://``) have no locks:
 there the check is skipped, and the README says so.
@@ -51,8 +53,8 @@ class DirectoryLock:
     >>> try:
     ...   second.acquire()
     ... except CheckpointError as e:
-    ...   print(str(e)[:60])
-    `checkpoint_dir` ... is in use by another run (pid
+    ...   print(str(e).split(" (")[0].replace(directory, "DIR"))
+    `checkpoint_dir` 'DIR' is in use by another run
     >>> first.release(); second.acquire(); second.release()
   """
 
@@ -74,21 +76,28 @@ class DirectoryLock:
     if self._fd is not None or fcntl is None or "://" in self.directory:
       return
     path = os.path.join(self.directory, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      holder = _read_holder(fd)
-      os.close(fd)
-      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+    for _ in range(8):
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as e:
+        holder = _read_holder(fd)
+        os.close(fd)
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+          raise CheckpointError(
+              f"`checkpoint_dir` {self.directory!r} could not be locked: "
+              f"{type(e).__name__}: {e}") from e
         raise CheckpointError(
-            f"`checkpoint_dir` {self.directory!r} could not be locked: "
-            f"{type(e).__name__}: {e}") from e
-      raise CheckpointError(
-          f"`checkpoint_dir` {self.directory!r} is in use by another run "
-          f"({holder}). Two runs writing one directory would replace each "
-          "other's checkpoints: wait for that run to end, stop it, or give "
-          "this run another directory.") from None
+            f"`checkpoint_dir` {self.directory!r} is in use by another run "
+            f"({holder}). Two runs writing one directory would replace each "
+            "other's checkpoints: wait for that run to end, stop it, or give "
+            "this run another directory.") from None
+      if _same_file(fd, path):
+        break
+      os.close(fd)   # the holder removed the file as we locked it: again
+    else:
+      raise CheckpointError(f"`checkpoint_dir` {self.directory!r} could not "
+                            "be locked: the lock file keeps changing.")
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(),
@@ -97,10 +106,23 @@ class DirectoryLock:
     self._fd = fd
 
   def release(self) -> None:
-    """Drops the lock (the file stays: removing it would race a new run)."""
+    """Removes the lock file and drops the lock. (A run that opened the
+    file just before sees, once it holds it, that it is no longer the
+    file at that path, and tries again.)"""
     fd, self._fd = self._fd, None
     if fd is not None:
-      os.close(fd)   # closing the file drops the lock
+      try:
+        os.unlink(os.path.join(self.directory, LOCK_FILE))
+      except OSError:   # gone with its directory: nothing to clean
+        pass
+      os.close(fd)      # closing the file drops the lock
+
+
+def _same_file(fd: int, path: str) -> bool:
+  try:
+    return os.fstat(fd).st_ino == os.stat(path).st_ino
+  except OSError:
+    return False
 
 
 def _read_holder(fd: int) -> str:

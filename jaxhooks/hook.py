@@ -16,8 +16,16 @@ A hook observes and steers a training loop built on a jitted
 
 Every ``after_run`` runs even when an earlier hook requested stop. When the
 data ends (``StopIteration``) ``after_run`` is skipped for that step and
-``end`` still runs; any other exception skips ``end`` (as TensorFlow does)
-and calls ``on_exception`` instead, so that nothing is lost.
+``end`` still runs. An exception raised by the train step itself (or the
+batch it was given) fails that call only: no ``after_run`` runs, the state
+stays the input of the call, and the caller may catch the error and go on,
+as in TensorFlow (in one process, while the input state was not donated).
+Any other exception (a hook's, ``KeyboardInterrupt``, an error the user's
+loop lets escape) ends the session: ``end`` is skipped (as TensorFlow does)
+and every hook's ``on_exception`` runs instead, so that nothing is lost; a
+session still open when the interpreter exits is ended that way too. Every
+hook's ``end`` (or ``on_exception``) runs even when another one raised; the
+first error is raised, with the others attached as notes.
 
 Steps are global steps: ``run_context.step`` is the number of completed
 updates the state will hold once this call finishes, so a hook that acts

@@ -128,8 +128,11 @@ class MonitoredTrainingSession:
       leading axis of ``steps_next_call`` rows (or the ``batch_fn`` input).
 
   On leaving the ``with`` block normally, or through ``StopIteration`` from
-  the data, every hook's ``end`` runs; any other exception propagates with
-  ``end`` skipped and ``on_exception`` called.
+  the data, every hook's ``end`` runs, and an exception a hook gave to
+  ``coord.request_stop(exception)`` is raised then; any other exception
+  leaving the block propagates with ``end`` skipped and ``on_exception``
+  called. A ``run`` whose step or batch raises (a bad batch) fails alone:
+  catch the error inside the block and the session goes on.
 
   Example:
     >>> import jax, jax.numpy as jnp

@@ -4,6 +4,7 @@ hook states and data position, listeners, preemption, and each fault."""
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 
@@ -202,7 +203,8 @@ def _boom_step(state, batch):
 
 def _four_steps_then_fail(tmp_path, train_step, save_on_exception):
   """Saves every 3 steps, runs 4 steps, then a call whose batch is None
-  fails with ValueError('bad batch'); returns (saver, state, exc info)."""
+  fails with ValueError('bad batch') and the loop dies of it; returns
+  (saver, state, exc info)."""
   saver = jh.CheckpointSaverHook(tmp_path, save_steps=3,
                                  save_on_exception=save_on_exception)
   step = jh.wrap(train_step, hooks=[saver])
@@ -211,6 +213,7 @@ def _four_steps_then_fail(tmp_path, train_step, save_on_exception):
     state, _, _ = step(state, jnp.ones(2))
   with pytest.raises(ValueError, match="bad batch") as info:
     step(state, None)
+  step.abort(info.value)   # the loop dies of it (the exit does this too)
   return saver, state, info
 
 
@@ -476,7 +479,7 @@ def test_write_failure_surfaces(tmp_path, async_save):
                                  async_save=async_save)
   step = jh.wrap(dict_step, hooks=[saver])
   state = step.begin(dict_state())
-  os.rmdir(tmp_path / "c")
+  shutil.rmtree(tmp_path / "c")
   (tmp_path / "c").write_text("not a directory any more")
   state, _, _ = step(state, jnp.ones(2))
   failure = pytest.raises(

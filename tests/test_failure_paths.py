@@ -104,7 +104,7 @@ def test_a_started_save_is_written_however_the_loop_is_left(tmp_path, how,
   code, out, err = run_python(_LEAVE_LOOP, how, tmp_path)
   assert (code, out) == (rc, "saved 4\n"), err
   assert said in err
-  assert sorted(os.listdir(tmp_path)) == [".jaxhooks-lock", "4"], err
+  assert sorted(os.listdir(tmp_path)) == ["4"], err   # and unlocked
   restored = ocp.StandardCheckpointer().restore(tmp_path / "4" / "state")
   assert restored["w"].tolist() == [4.0, 4.0, 4.0]
 
@@ -158,59 +158,73 @@ def test_a_hook_raising_in_on_exception_keeps_the_others(tmp_path):
 # -- 3. one run at a time per checkpoint directory ----------------------------
 
 
-def test_a_second_run_on_the_same_directory_is_refused_before_writing(
-    tmp_path):
-  first = jh.CheckpointSaverHook(tmp_path, save_steps=2)
-  step = jh.wrap(dict_step, hooks=[first])
-  state = step.begin(dict_state())
-  for _ in range(2):
-    state, _, _ = step(state, jnp.ones(2))
-  first.wait_until_finished()
-  before = sorted(os.listdir(tmp_path))
-  second = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(
-      tmp_path, save_steps=1)])
-  with pytest.raises(jh.CheckpointError,
-                     match=rf"`checkpoint_dir` '{tmp_path}' is in use by "
-                     rf"another run \(pid {os.getpid()} on host"):
-    second.begin(dict_state())
-  assert sorted(os.listdir(tmp_path)) == before
-  step.end(state)                  # the first run goes on and ends
-  assert first.all_steps() == [2]
-  again = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
-  assert int(again.begin(dict_state())["step"]) == 2   # free again
-  again.end()
-
-
-_HOLD_LOCK = """
+_RUN_AND_HOLD = """
 import sys
-from jaxhooks.checkpoint_lock import DirectoryLock
-DirectoryLock(sys.argv[1]).acquire()
-print("locked", flush=True)
-sys.stdin.readline()      # holds the lock until killed
+import jax, jax.numpy as jnp
+import jaxhooks as jh
+train_step = jax.jit(lambda s, b: ({"w": s["w"] + 1, "step": s["step"] + 1},
+                                   {}))
+saver = jh.CheckpointSaverHook(sys.argv[1], save_steps=2)
+step = jh.wrap(train_step, hooks=[saver])
+state = step.begin({"w": jnp.zeros(2), "step": jnp.array(0)})
+for _ in range(2):
+  state, _, _ = step(state)
+saver.wait_until_finished()
+print("saved", saver.last_saved_step, flush=True)
+sys.stdin.readline()      # training goes on; killed here
 """
 
 
-def test_a_lock_left_by_a_killed_run_does_not_block_a_restart(tmp_path):
-  proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path)],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True, env=ENV)
+def test_a_second_run_is_refused_and_a_killed_ones_lock_is_no_obstacle(
+    tmp_path):
+  proc = subprocess.Popen([sys.executable, "-c", _RUN_AND_HOLD,
+                           str(tmp_path)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, env=ENV)
   try:
+    lines = []
     reader = threading.Thread(target=lambda: lines.append(
         proc.stdout.readline()), daemon=True)
-    lines = []
     reader.start()
     reader.join(DEADLINE)
-    assert lines == ["locked\n"]
-    step = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+    assert lines == ["saved 2\n"]
+    before = sorted(os.listdir(tmp_path))
+    second = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(
+        tmp_path, save_steps=1)])
     with pytest.raises(jh.CheckpointError,
-                       match=f"in use by another run \\(pid {proc.pid} "):
-      step.begin(dict_state())
+                       match=rf"`checkpoint_dir` '{tmp_path}' is in use by "
+                       rf"another run \(pid {proc.pid} on host"):
+      second.begin(dict_state())
+    assert sorted(os.listdir(tmp_path)) == before == [".jaxhooks-lock", "2"]
   finally:
     proc.kill()                       # SIGKILL: no clean-up in the holder
     proc.wait(DEADLINE)
-  step = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
-  step.begin(dict_state())
-  step.end()
+  restart = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  state = restart.begin(dict_state())
+  assert int(state["step"]) == 2 and state["w"].tolist() == [2.0, 2.0]
+  restart.end(state)
+  assert sorted(os.listdir(tmp_path)) == ["2"]
+
+
+def test_a_session_of_this_process_left_open_is_ended_by_a_new_one(
+    tmp_path, caplog):
+  log = []
+  old = jh.wrap(dict_step, hooks=[Recorder("old", log),
+                                  jh.CheckpointSaverHook(tmp_path,
+                                                         save_steps=2)])
+  state = old.begin(dict_state())
+  for _ in range(3):
+    state, _, _ = old(state, jnp.ones(2))   # then the cell failed: no end
+  new = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  assert int(new.begin(dict_state())["step"]) == 2
+  assert log[-1] == ("old", "on_exception", 3, "LifecycleError")
+  assert [r.getMessage() for r in caplog.records if r.levelname ==
+          "WARNING"] == [
+      f"A new session on `checkpoint_dir` '{tmp_path}' ended this one, left "
+      "open at step 3 without `end()`. Its pending writes are finished and "
+      "its hooks' `on_exception` run."]
+  with pytest.raises(jh.LifecycleError):
+    old(state, jnp.ones(2))
+  new.end()
 
 
 # -- 5. NumPy leaves changed in place while a save is written -----------------
@@ -269,6 +283,7 @@ def test_a_failed_begin_puts_the_signal_handler_back_and_unlocks(tmp_path):
   again = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
   assert int(again.begin(dict_state())["step"]) == 2   # not locked
   again.end()
+  assert sorted(os.listdir(tmp_path)) == ["2"]
 
 
 def test_two_savers_put_the_original_handler_back_in_any_order(tmp_path):

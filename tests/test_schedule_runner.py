@@ -103,5 +103,5 @@ def test_a_failing_quiet_call_keeps_the_last_good_state():
   with pytest.raises(TypeError):
     step(good, "not a batch")          # fails inside the jitted step
   assert step.state is good and step.step == 3
-  with pytest.raises(jh.LifecycleError):
-    step(good)                          # the hooked step failed for good
+  state, _, _ = step(good)              # the call failed, not the session
+  assert step.step == 4
