@@ -34,8 +34,7 @@ def test_quick_start_runs_and_resumes(tmp_path):
             if line.startswith("step = ")]
   assert logged == ["step = 100", "step = 200", "step = 300"]
   runs = tmp_path / "runs"
-  assert sorted(os.listdir(runs / "quickstart")) == [
-      ".jaxhooks-lock", "100", "200", "300"]   # the lock: one run at a time
+  assert sorted(os.listdir(runs / "quickstart")) == ["100", "200", "300"]
   tf_dir = sorted(os.listdir(runs / "quickstart-tf"))
   assert "300" in tf_dir   # the final save
   assert any(name.startswith("events.out.tfevents") for name in tf_dir)
