@@ -4,8 +4,10 @@ An async save must let the loop go on while the state is written, and the
 next step call may donate (overwrite) the state's arrays. A snapshot keeps
 what the write reads valid until it is done::
 
-  state not donated        the arrays themselves: JAX arrays are immutable,
-                           so holding them is enough (no copy at all)
+  state not donated        the arrays themselves (JAX arrays are immutable,
+                           no copy at all) in containers of the snapshot's
+                           own: the state's may change in place (Flax NNX
+                           objects, which the next call updates)
   donated, on the first    a copy into host buffers that are kept and
   CPU device               reused from save to save (a memcpy), seen by
                            the writer as JAX arrays without a copy
@@ -116,9 +118,9 @@ def snapshot(state: Any, *, donated: bool,
     >>> snap["w"].unsafe_buffer_pointer() == buffers[0].ctypes.data
     True
   """
-  if not donated:
-    return state
   leaves, treedef = jax.tree_util.tree_flatten(state)
+  if not donated:
+    return jax.tree_util.tree_unflatten(treedef, leaves)
   buffers = {} if buffers is None else buffers
   out = list(leaves)
   on_device = []
