@@ -135,15 +135,27 @@ class LiveObjects:
       if not self._is_object(o):
         out.append(n)
         rebuilt = rebuilt or n is not o
-      elif n is not o:
-        if isinstance(o, self._nnx.Variable):
-          o.set_value(n.get_value())
-        else:
-          self._nnx.update(o, self._nnx.state(n))
-        out.append(o)
       else:
+        if n is not o:
+          self._write(o, n)
         out.append(o)
     return jax.tree_util.tree_unflatten(treedef, out) if rebuilt else old
+
+  def _write(self, old: Any, new: Any) -> None:
+    """Writes the values of ``new`` into the NNX object ``old`` (a Pytree or
+    a Variable) of the same structure: each Variable takes the new array;
+    with anything else in the object (an array outside a Variable, an array
+    ref), ``nnx.update`` does it."""
+    variable = self._nnx.Variable
+    olds, treedef = jax.tree_util.tree_flatten(
+        old, is_leaf=lambda x: isinstance(x, variable))
+    news = treedef.flatten_up_to(new)
+    if all(isinstance(o, variable) and isinstance(o.get_raw_value(), jax.Array)
+           and isinstance(n, variable) for o, n in zip(olds, news)):
+      for o, n in zip(olds, news):
+        o.set_raw_value(n.get_raw_value())
+    else:
+      self._nnx.update(old, self._nnx.state(new))
 
   def updating(self, program: Callable[..., Tuple[Any, Any, Any]]
                ) -> Callable[..., Tuple[Any, Any, Any]]:

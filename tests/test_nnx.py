@@ -259,3 +259,53 @@ def test_a_state_without_nnx_objects_keeps_the_plain_program():
                  hooks=[jh.NanTensorHook("loss")])
   step.begin(dict_state())
   assert isinstance(step._program.jitted, type(jax.jit(lambda x: x)))
+
+
+class WithData(nnx.Module):
+
+  def __init__(self):
+    self.w = nnx.Param(jnp.ones(2))
+    self.seen = nnx.data(jnp.zeros(2))   # an array outside any Variable
+    self.step = nnx.Variable(jnp.array(0))
+
+
+@nnx.jit
+def data_step(model, batch):
+  model.w[...] = model.w[...] + batch
+  model.seen = model.seen + 1
+  model.step[...] = model.step[...] + 1
+  return model, {"loss": jnp.sum(model.w[...])}
+
+
+def test_an_array_outside_a_variable_stays_live_too():
+  model = WithData()
+  step = jh.wrap(data_step, hooks=[jh.NanTensorHook("loss")],
+                 step_fn=lambda m: m.step[...])
+  state = step.begin(model)
+  for _ in range(2):
+    state, _, _ = step(state, jnp.ones(2))
+  assert state is model
+  assert (model.seen.tolist(), model.w[...].tolist(), int(model.step[...])) == (
+      [2.0, 2.0], [3.0, 3.0], 2)
+
+
+def test_monitored_training_session_keeps_the_objects_live(tmp_path):
+  def run(last_step):
+    model = Small()
+    with jh.MonitoredTrainingSession(
+        small_step, model, checkpoint_dir=str(tmp_path / "c"),
+        step_fn=lambda m: m.step[...], log_step_count_steps=0,
+        save_summaries_steps=0, hooks=[jh.StopAtStepHook(last_step=last_step),
+                                       jh.NanTensorHook("loss")]) as sess:
+      assert sess.state is model
+      start = int(model.step[...])
+      while not sess.should_stop():
+        sess.run(jnp.ones(2))
+        assert sess.state is model
+        assert int(model.step[...]) == sess.global_step
+    return model, start
+  first, _ = run(2)
+  second, start = run(4)
+  assert start == 2
+  assert (first.w[...].tolist(), second.w[...].tolist()) == (
+      [7.0, 7.0], [31.0, 31.0])
