@@ -2,6 +2,8 @@
 hook, a fake clock and a compile counter."""
 
 import contextlib
+import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +58,29 @@ class Recorder(jh.SessionRunHook):
   def on_exception(self, session, exc):
     self.log.append((self.name, "on_exception", session.step,
                      type(exc).__name__))
+
+
+def run_with_save_held(monkeypatch, step, state, batch, read, saver):
+  """Runs 3 steps while the write of step 2 (``saver`` saves every 2) is
+  held before it makes its directory, then lets it go and ends; returns
+  the final state and ``read(state)`` at step 2."""
+  release, real = threading.Event(), os.mkdir
+
+  def mkdir(path, *args, **kwargs):
+    if os.path.basename(os.fspath(path)).startswith("2.orbax-checkpoint-tmp"):
+      assert release.wait(timeout=30)
+    return real(path, *args, **kwargs)
+  monkeypatch.setattr(os, "mkdir", mkdir)
+  state = step.begin(state)
+  at_2 = None
+  for _ in range(3):
+    state, _, _ = step(state, batch)
+    if step.step == 2:
+      at_2 = read(state)
+  assert step.step == 3
+  assert os.listdir(saver.checkpoint_dir) == []  # not begun writing
+  release.set()
+  return step.end(state), at_2
 
 
 class FakeClock:

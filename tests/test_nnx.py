@@ -4,8 +4,6 @@ every feature of jaxhooks: after each call and after a restore the user's
 objects hold the returned state's values."""
 
 import logging
-import os
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +16,7 @@ from flax import nnx
 import jaxhooks as jh
 from jaxhooks import nnx_state
 from jaxhooks.checkpoint_restore import structure_diff
-from tests.conftest import Recorder, dict_state
+from conftest import Recorder, dict_state, run_with_save_held
 
 
 class Net(nnx.Module):
@@ -167,28 +165,14 @@ def test_a_save_held_on_its_thread_writes_the_saved_steps_values(
     tmp_path, monkeypatch):
   """The write of step 2 is held before it makes its directory while step
   3 updates the same objects in place: the checkpoint still holds step 2."""
-  release, real = threading.Event(), os.mkdir
-
-  def mkdir(path, *args, **kwargs):
-    if os.path.basename(os.fspath(path)).startswith("2.orbax-checkpoint-tmp"):
-      assert release.wait(timeout=30)
-    return real(path, *args, **kwargs)
-  monkeypatch.setattr(os, "mkdir", mkdir)
   saver = jh.CheckpointSaverHook(tmp_path / "c", save_steps=2)
   model = Small()
   step = jh.wrap(small_step, hooks=[jh.NanTensorHook("loss"), saver],
                  step_fn=lambda m: m.step[...])
-  state = step.begin(model)
-  w2 = None
-  for _ in range(3):
-    state, _, _ = step(state, jnp.ones(2))
-    assert state is model
-    if step.step == 2:
-      w2 = np.asarray(model.w[...]).tobytes()
-  assert step.step == 3
-  assert sorted(os.listdir(tmp_path / "c")) == []  # not begun writing
-  release.set()
-  step.end(state)
+  state, w2 = run_with_save_held(monkeypatch, step, model, jnp.ones(2),
+                                 lambda m: np.asarray(m.w[...]).tobytes(),
+                                 saver)
+  assert state is model
   assert saver.all_steps() == [2, 3]
   saved = ocp.StandardCheckpointer().restore(tmp_path / "c" / "2" / "state")
   assert np.asarray(saved["w"]["value"]).tobytes() == w2
