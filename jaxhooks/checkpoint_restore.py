@@ -40,6 +40,15 @@ def _leaves_by_path(tree: Any) -> Dict[Tuple[str, ...], Any]:
   return {_path_str(p): leaf for p, leaf in flat}
 
 
+def _stored_shape(leaf: Any) -> Tuple[int, ...]:
+  """The shape a leaf of the state has on disk: a PRNG key array (Flax
+  NNX ``Rngs``, ``jax.random.key``) is stored as its key data."""
+  dtype = getattr(leaf, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
+  return tuple(np.shape(leaf))
+
+
 def structure_diff(state: Any, saved_tree: Any) -> List[str]:
   """Differences between a state and the metadata tree of a saved one.
 
@@ -58,8 +67,8 @@ def structure_diff(state: Any, saved_tree: Any) -> List[str]:
     if p in have:
       got = getattr(have[p], "shape", None)
       got = tuple(np.shape(have[p]) if got is None else got)
-      if tuple(np.shape(leaf)) != got:
-        diffs.append(f"{'.'.join(p)}: shape {tuple(np.shape(leaf))} in the "
+      if _stored_shape(leaf) != got:
+        diffs.append(f"{'.'.join(p)}: shape {_stored_shape(leaf)} in the "
                      f"state, {got} in the checkpoint")
   return diffs
 

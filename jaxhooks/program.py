@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxhooks.hook import DeviceMonitor
+from jaxhooks.nnx_state import LiveObjects
 
 __all__ = ["StepProgram", "donates_state", "merge_feeds"]
 
@@ -91,6 +92,9 @@ class StepProgram:
       it a call with ``K > 1`` takes a batch stacked on a leading axis of
       exactly ``n`` rows.
     donate_state: donate the state argument (as a donating ``train_step``).
+    live: the Flax NNX objects of the state (``jaxhooks.nnx_state``): each
+      call writes the new values into the objects it was given and returns
+      them as the state.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -108,7 +112,8 @@ class StepProgram:
                step_fn: Callable[[Any], Any],
                monitors: Sequence[DeviceMonitor], steps_per_call: int = 1,
                batch_fn: Optional[Callable[[Any, Any], Any]] = None,
-               donate_state: bool = False):
+               donate_state: bool = False,
+               live: Optional[LiveObjects] = None):
     self._train_step = train_step
     self._step_fn = step_fn
     self._monitors = tuple(monitors)
@@ -120,6 +125,8 @@ class StepProgram:
     donate = (0,) if donate_state else ()
     self.jitted = jax.jit(self._run_n if self.fused else self._run_1,
                           donate_argnums=donate)
+    if live is not None:
+      self.jitted = live.updating(self.jitted)
 
   def init_monitors(self) -> tuple:
     return tuple(m.init() for m in self._monitors)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 
-from jaxhooks import fetch, lag, process_exit
+from jaxhooks import fetch, lag, nnx_state, process_exit
 from jaxhooks.coord import Coordinator
 from jaxhooks.distributed import default_coordinator
 from jaxhooks.errors import LifecycleError, StepMismatchError
@@ -103,6 +103,7 @@ class HookedStep:
     self._outputs = None
     self._checked_outputs = False
     self._program: Optional[StepProgram] = None
+    self._live: Optional[nnx_state.LiveObjects] = None   # NNX objects
     self._readers: Tuple[Callable, ...] = ()
     self._values: tuple = ()
     self._plan = Schedule(steps_per_call=steps_per_call, check_every=None)
@@ -159,6 +160,8 @@ class HookedStep:
       raise LifecycleError("`begin` was already called on this hooked step.")
     # Fail on a state without a step before any hook does work.
     fetch.read_step(self._step_fn, state, custom=self._custom_step_fn)
+    self._live = nnx_state.bind(state, program=self._wants_program)
+    given = state
     self._state = state
     begun: List[Hook] = []
     try:
@@ -169,6 +172,8 @@ class HookedStep:
         restored = hook.restore(state, self.hooks)
         if restored is not None:
           state = restored
+      if self._live is not None:   # the user's NNX objects stay the live ones
+        state = self._live.adopt(given, state)
       self._state = state
       step = fetch.read_step(self._step_fn, state,
                              custom=self._custom_step_fn)
@@ -187,14 +192,19 @@ class HookedStep:
     process_exit.track(self)
     return state
 
+  def _wants_program(self) -> bool:
+    """Whether jaxhooks runs the step in a program of its own."""
+    return (self._steps_per_call > 1 or self._batch_fn is not None
+            or any(hook.device_monitors() for hook in self.hooks))
+
   def _build_program(self) -> None:
     monitors = [m for hook in self.hooks for m in hook.device_monitors()]
     self._readers = tuple(m.on_read for m in monitors)
-    if monitors or self._steps_per_call > 1 or self._batch_fn is not None:
+    if self._wants_program():
       self._program = StepProgram(
           self._train_step, step_fn=self._step_fn, monitors=monitors,
           steps_per_call=self._steps_per_call, batch_fn=self._batch_fn,
-          donate_state=self._donate)
+          donate_state=self._donate, live=self._live)
       self._values = self._program.init_monitors()
     # The program donates as told; a plain call donates as the train step
     # does, which is known for a `jax.jit` function only.

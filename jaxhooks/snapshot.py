@@ -4,8 +4,10 @@ An async save must let the loop go on while the state is written, and the
 next step call may donate (overwrite) the state's arrays. A snapshot keeps
 what the write reads valid until it is done::
 
-  state not donated        the arrays themselves: JAX arrays are immutable,
-                           so holding them is enough (no copy at all)
+  state not donated        the arrays themselves (JAX arrays are immutable,
+                           no copy at all) in containers of the snapshot's
+                           own: the state's may change in place (Flax NNX
+                           objects, which the next call updates)
   donated, on the first    a copy into host buffers that are kept and
   CPU device               reused from save to save (a memcpy), seen by
                            the writer as JAX arrays without a copy
@@ -65,9 +67,11 @@ def copy_mutable(state: Any) -> Any:
   leaves, treedef = jax.tree_util.tree_flatten(state)
   if not any(isinstance(x, np.ndarray) for x in leaves):
     return state
-  return jax.tree_util.tree_unflatten(
-      treedef, [np.array(x) if isinstance(x, np.ndarray) else x
-                for x in leaves])
+  return jax.tree_util.tree_unflatten(treedef, _copy_numpy(leaves))
+
+
+def _copy_numpy(leaves: list) -> list:
+  return [np.array(x) if isinstance(x, np.ndarray) else x for x in leaves]
 
 
 @jax.jit
@@ -137,11 +141,11 @@ def snapshot(state: Any, *, donated: bool,
     >>> snap["w"].unsafe_buffer_pointer() == buffers[0].ctypes.data
     True
   """
-  if not donated:
-    return copy_mutable(state)
   leaves, treedef = jax.tree_util.tree_flatten(state)
+  if not donated:   # containers of its own; NumPy leaves copied
+    return jax.tree_util.tree_unflatten(treedef, _copy_numpy(leaves))
   buffers = {} if buffers is None else buffers
-  out = [np.array(x) if isinstance(x, np.ndarray) else x for x in leaves]
+  out = _copy_numpy(leaves)
   on_device = []
   host = _host_device()   # a copy onto any other device would move a leaf
   for i, x in enumerate(leaves):

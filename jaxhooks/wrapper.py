@@ -24,7 +24,11 @@ def wrap(train_step: Callable[[Any, Any], Tuple[Any, Any]],
   Args:
     train_step: usually a ``jax.jit`` function. Called as is (jaxhooks adds
       no program) unless a hook keeps device monitors (``NanTensorHook``) or
-      ``steps_per_call > 1``: then one program of jaxhooks runs it.
+      ``steps_per_call > 1``: then one program of jaxhooks runs it. Flax
+      NNX objects in the state (model, optimizer, metrics that an
+      ``nnx.jit`` step updates in place) stay the live ones either way:
+      after each call and after a restore they hold the returned state's
+      values (see ``jaxhooks.nnx_state``).
     hooks: the hooks, called in this order.
     step_fn: returns the completed-update count of a state; by default
       ``state.step`` (or ``state["step"]``).

@@ -2,6 +2,8 @@
 hook, a fake clock and a compile counter."""
 
 import contextlib
+import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +60,30 @@ class Recorder(jh.SessionRunHook):
                      type(exc).__name__))
 
 
+def run_with_save_held(monkeypatch, step, state, batch, read, saver):
+  """Runs 3 steps while the write of step 2 (``saver`` saves every 2) is
+  held before it makes its directory, then lets it go and ends; returns
+  the final state and ``read(state)`` at step 2."""
+  release, real = threading.Event(), os.mkdir
+
+  def mkdir(path, *args, **kwargs):
+    if os.path.basename(os.fspath(path)).startswith("2.orbax-checkpoint-tmp"):
+      assert release.wait(timeout=30)
+    return real(path, *args, **kwargs)
+  monkeypatch.setattr(os, "mkdir", mkdir)
+  state = step.begin(state)
+  at_2 = None
+  for _ in range(3):
+    state, _, _ = step(state, batch)
+    if step.step == 2:
+      at_2 = read(state)
+  assert step.step == 3
+  assert [d for d in os.listdir(saver.checkpoint_dir)
+          if not d.startswith(".")] == []  # not begun writing (the lock)
+  release.set()
+  return step.end(state), at_2
+
+
 class FakeClock:
   """A clock that moves only when told to."""
 
@@ -107,12 +133,3 @@ def count_compiles():
   finally:
     count[0] = len(_BACKEND_COMPILES) - start
 
-
-@pytest.fixture(autouse=True)
-def _abort_sessions_left_open():
-  """A test that leaves a session open (no `end`) aborts it when it ends,
-  as the interpreter's exit would: handlers back, writes finished."""
-  yield
-  from jaxhooks import process_exit
-  for session in process_exit.open_sessions():
-    session.abort(jh.LifecycleError("the test ended without `end()`"))

@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 import signal
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import jaxhooks as jh
-from conftest import dict_state, dict_step, run_loop
+from conftest import dict_state, dict_step, run_loop, run_with_save_held
 from jaxhooks import session as session_lib
 
 
@@ -516,26 +515,10 @@ def test_the_loop_goes_on_while_a_save_is_written(tmp_path, monkeypatch):
   """The write of step 2 is held before it makes its directory: step 3
   still runs and overwrites the donated state of step 2 (the write has its
   own copy), and ``end`` waits for the write before the final save."""
-  release, real = threading.Event(), os.mkdir
-
-  def mkdir(path, *args, **kwargs):
-    if os.path.basename(os.fspath(path)).startswith("2.orbax-checkpoint-tmp"):
-      assert release.wait(timeout=30)
-    return real(path, *args, **kwargs)
-  monkeypatch.setattr(os, "mkdir", mkdir)
   saver = jh.CheckpointSaverHook(tmp_path / "c", save_steps=2)
   step = jh.wrap(jax.jit(dict_step, donate_argnums=0), hooks=[saver])
-  state = step.begin(dict_state())
-  w2 = None
-  for _ in range(3):
-    state, _, _ = step(state, jnp.ones(2))
-    if step.step == 2:
-      w2 = np.asarray(state["w"]).tobytes()
-  assert step.step == 3
-  assert [d for d in os.listdir(tmp_path / "c")
-          if not d.startswith(".")] == []  # not begun writing
-  release.set()
-  step.end(state)
+  _, w2 = run_with_save_held(monkeypatch, step, dict_state(), jnp.ones(2),
+                             lambda s: np.asarray(s["w"]).tobytes(), saver)
   assert saver.all_steps() == [2, 3]
   saved = ocp.StandardCheckpointer().restore(tmp_path / "c" / "2" / "state")
   assert np.asarray(saved["w"]).tobytes() == w2
