@@ -82,8 +82,9 @@ def read_step(step_fn: Callable[[Any], Any], state: Any, *,
   return step
 
 
-def output(outputs: Any, name: str) -> Any:
-  """``outputs[name]``, or an error that says what the step returned.
+def output(outputs: Any, name: str, *, who: str = "A hook") -> Any:
+  """``outputs[name]``, or an error that says what the step returned (and
+  ``who`` fetched it).
 
   Example:
     >>> output({"loss": 0.5}, "loss")
@@ -97,13 +98,13 @@ def output(outputs: Any, name: str) -> Any:
     kind = ("an array" if hasattr(outputs, "shape")
             else f"a {type(outputs).__name__}")
     raise TypeError(
-        f"A hook fetches the output {name!r}, but the step's `outputs` is "
+        f"{who} fetches the output {name!r}, but the step's `outputs` is "
         f"{kind}, not a dict of named outputs.")
   try:
     return outputs[name]
   except KeyError:
     raise ValueError(
-        f"A hook fetches the output {name!r}, which the step does not "
+        f"{who} fetches the output {name!r}, which the step does not "
         f"return; `outputs` has keys {sorted(map(str, outputs))}.") from None
 
 
