@@ -161,3 +161,67 @@ def test_a_per_device_output_is_refused_at_the_first_call(tmp_path, who):
       "replicated value (every element equal, as a `pmap` output reduced "
       "with `lax.pmean`); reduce it in the step (e.g. `jnp.mean`).")
   assert step.step == 0
+
+
+PMAP = r"""
+import io, json, sys
+import jax, jax.numpy as jnp
+import jaxhooks as jh
+from tensorboard.backend.event_processing.event_accumulator import (
+    EventAccumulator)
+
+logdir = sys.argv[1]
+assert jax.local_device_count() == 2
+
+def train_step(state, batch):
+  loss = jax.lax.pmean(jnp.sum(batch) / (state["step"] + 1.0), "d")
+  return {"step": state["step"] + 1}, {"loss": loss, "norm": jnp.sum(batch)}
+
+pstep = jax.pmap(train_step, axis_name="d")
+batch = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])        # a row per device
+first = lambda s: s["step"][0]
+out = io.StringIO()
+with jh.MonitoredTrainingSession(
+    pstep, {"step": jnp.zeros(2, jnp.int32)}, summary_dir=logdir,
+    save_summaries_steps=2, log_step_count_steps=0, step_fn=first,
+    hooks=[jh.StopAtStepHook(last_step=4),
+           jh.ProgressBarHook(metrics=["loss"], every_n_iter=2, stream=out,
+                              plain=True, clock=lambda: 0.0)]) as sess:
+  while not sess.should_stop():
+    sess.run(batch)
+acc = EventAccumulator(logdir, size_guidance={"scalars": 0})
+acc.Reload()
+print(json.dumps({tag: [[e.step, e.value] for e in acc.Scalars(tag)]
+                  for tag in acc.Tags()["scalars"]}))
+print(json.dumps(out.getvalue().splitlines()))
+step = jh.wrap(pstep, [jh.SummarySaverHook(
+    save_steps=2, output_dir=logdir + "/named", scalars=["loss", "norm"])],
+               step_fn=first)
+state = step.begin({"step": jnp.zeros(2, jnp.int32)})
+try:
+  step(state, batch)
+except ValueError as e:
+  print(json.dumps([step.step, str(e)]))
+"""
+
+
+def test_pmap_outputs_on_two_devices_follow_the_one_rule(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "PYTHONPATH": os.path.dirname(os.path.dirname(jh.__file__))}
+  proc = subprocess.run([sys.executable, "-c", PMAP, str(tmp_path)], env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  events, lines, refused = map(json.loads, proc.stdout.splitlines()[-3:])
+  # Default summaries: the pmean'd loss (its first element); the per-device
+  # norm is not written (a warning names it).
+  assert events == {"loss": [[2, 2.5], [4, 1.25]]}
+  assert "does not write the outputs ['norm']" in proc.stderr
+  assert lines == ["train: step 2/4 (50%) | loss=2.5",
+                   "train: step 4/4 (100%) | done in 0:00:00 | loss=1.25"]
+  assert refused == [0, (
+      "SummarySaverHook `scalars` 'norm' is not a scalar: got shape (2,) "
+      "with elements that differ. Reporting hooks write a scalar, or the "
+      "first element of a replicated value (every element equal, as a `pmap` "
+      "output reduced with `lax.pmean`); reduce it in the step (e.g. "
+      "`jnp.mean`).")]
