@@ -28,8 +28,8 @@ import numpy as np
 
 from jaxhooks import fetch
 
-__all__ = ["scalar", "reportable", "check_outputs", "named_outputs",
-           "Replicated", "summarize"]
+__all__ = ["scalar", "reportable", "outputs_of", "check_outputs",
+           "named_outputs", "Replicated", "summarize"]
 
 
 class Replicated(NamedTuple):
@@ -152,5 +152,12 @@ def check_outputs(hooks: Iterable[Any], outputs: Any) -> None:
 
 
 def outputs_of(values: Mapping, who: str) -> dict:
-  """``{tag: number}`` of a hook's fetched ``{tag: value}`` (the rule)."""
+  """``{tag: number}`` of a hook's fetched ``{tag: value}`` (the rule).
+
+  Example:
+    >>> import numpy as np
+    >>> {k: float(v) for k, v in outputs_of(
+    ...     {"loss": np.array([0.5, 0.5])}, "LoggingTensorHook `tensors`").items()}
+    {'loss': 0.5}
+  """
   return {tag: scalar(v, who=who, name=tag) for tag, v in values.items()}
