@@ -65,8 +65,8 @@ class FinalOpsHook(Hook):
       if _takes_two(op):
         return op(session.state, session.outputs)
       return op(session.state)
-    device = fetch.jax.tree_util.tree_map(call, self._final_ops,
-                                          is_leaf=callable)
+    # A final op's exception (StopIteration too) reaches the caller as is.
+    device = fetch.map_leaves(call, self._final_ops, is_leaf=callable)
     self._values = fetch.jax.tree_util.tree_map(
         lambda x: x.item() if getattr(x, "ndim", 1) == 0 else x,
         fetch.jax.device_get(device))

@@ -37,6 +37,7 @@ import jax
 
 from jaxhooks import checkpoint_io as cio
 from jaxhooks import process_exit
+from jaxhooks import scalars
 from jaxhooks.checkpoint_listener import CheckpointSaverListener
 from jaxhooks.checkpoint_lock import DirectoryLock
 from jaxhooks.checkpoint_restore import restore_checkpoint
@@ -278,7 +279,15 @@ class CheckpointSaverHook(Hook):
              self.checkpoint_dir)
     return restored
 
+  def output_names(self) -> dict:
+    if self._best_metric is None:
+      return {}
+    return {"best_metric": (self._best_metric,)}
+
   def after_create_session(self, session: Session, coord: Any) -> None:
+    # Every hook's state_dict() must be JSON before a step can be lost:
+    # checked by the code that writes it.
+    cio.hook_states(self._hooks)
     self._coord = coord
     self._notice.on_notify = coord.wake   # a notice ends the fast path
     # Without our SIGTERM handler (off the main thread) a multi-process job
@@ -334,7 +343,7 @@ class CheckpointSaverHook(Hook):
       self._timer.update_last_triggered_step(step)
     metrics = None
     if self._best_metric is not None:
-      metrics = {self._best_metric: float(run_values.results["metric"])}
+      metrics = {self._best_metric: self._metric(run_values.results["metric"])}
     session = run_context.session._replace(state=state, step=step)
     saved, stop = self._save(session, finite=bool(
         run_values.results["finite"]), metrics=metrics)
@@ -406,8 +415,12 @@ class CheckpointSaverHook(Hook):
     if (self._best_metric is None or not isinstance(outputs, Mapping)
         or self._best_metric not in outputs):
       return None
-    return {self._best_metric: float(jax.device_get(
+    return {self._best_metric: self._metric(jax.device_get(
         outputs[self._best_metric]))}
+
+  def _metric(self, value: Any) -> float:
+    return float(scalars.scalar(value, who="CheckpointSaverHook `best_metric`",
+                                name=self._best_metric))
 
   def _save(self, session: Session, *, finite: Optional[bool],
             metrics: Optional[dict], last: bool = False,

@@ -7,8 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-import numpy as np
-
+from jaxhooks import scalars
 from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues
 from jaxhooks.timer import SecondOrStepTimer, TimerTriggered, check_period
 
@@ -141,6 +140,11 @@ class EarlyStoppingHook(TimerTriggered, Hook):
       return True
     return self._sign * (self._best - value) > self._min_delta
 
+  def output_names(self) -> dict:
+    if self._fetch is self._metric and isinstance(self._metric, str):
+      return {"metric": (self._metric,)}
+    return {}
+
   def begin(self) -> None:
     self._reset()
 
@@ -154,12 +158,9 @@ class EarlyStoppingHook(TimerTriggered, Hook):
       return None
     step = run_context.step
     self._timer.update_last_triggered_step(step)
-    value = np.asarray(run_values.results)
-    if value.size != 1:
-      raise ValueError(
-          f"EarlyStoppingHook `metric` {self._metric!r} must be a scalar, "
-          f"got shape {value.shape}.")
-    value = float(value.reshape(()))
+    value = float(scalars.scalar(run_values.results,
+                                 who="EarlyStoppingHook `metric`",
+                                 name=self._metric_name()))
     if self.improves(value):
       self._best, self._best_step, self._wait = value, step, 0
       return None

@@ -10,18 +10,40 @@ host values at the leaves.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import jax
 import numpy as np
 
 from jaxhooks.hook import GLOBAL_STEP
 
-__all__ = ["default_step_fn", "resolve_fetches", "device_fetches", "read_step"]
+__all__ = ["default_step_fn", "resolve_fetches", "device_fetches", "read_step",
+           "map_leaves"]
 
 
 def _is_fetch_leaf(x: Any) -> bool:
   return isinstance(x, str) or x is GLOBAL_STEP or callable(x)
+
+
+def map_leaves(fn: Callable[[Any], Any], tree: Any,
+               is_leaf: Optional[Callable[[Any], bool]] = None) -> Any:
+  """``jax.tree_util.tree_map(fn, tree)`` that lets ``fn``'s exceptions
+  through as raised.
+
+  ``tree_map`` calls ``fn`` inside a generator, where a ``StopIteration``
+  becomes ``RuntimeError('generator raised StopIteration')`` (PEP 479); the
+  user functions hooks call (fetch functions, final ops) go through here.
+
+  Example:
+    >>> map_leaves(lambda x: x + 1, {"a": 1, "b": (2, 3)})
+    {'a': 2, 'b': (3, 4)}
+    >>> map_leaves(lambda x: next(iter(())), [1])
+    Traceback (most recent call last):
+    ...
+    StopIteration
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_leaf)
+  return treedef.unflatten([fn(x) for x in leaves])
 
 
 def default_step_fn(state: Any) -> Any:
@@ -60,8 +82,9 @@ def read_step(step_fn: Callable[[Any], Any], state: Any, *,
   return step
 
 
-def output(outputs: Any, name: str) -> Any:
-  """``outputs[name]``, or an error that says what the step returned.
+def output(outputs: Any, name: str, *, who: str = "A hook") -> Any:
+  """``outputs[name]``, or an error that says what the step returned (and
+  ``who`` fetched it).
 
   Example:
     >>> output({"loss": 0.5}, "loss")
@@ -75,13 +98,13 @@ def output(outputs: Any, name: str) -> Any:
     kind = ("an array" if hasattr(outputs, "shape")
             else f"a {type(outputs).__name__}")
     raise TypeError(
-        f"A hook fetches the output {name!r}, but the step's `outputs` is "
+        f"{who} fetches the output {name!r}, but the step's `outputs` is "
         f"{kind}, not a dict of named outputs.")
   try:
     return outputs[name]
   except KeyError:
     raise ValueError(
-        f"A hook fetches the output {name!r}, which the step does not "
+        f"{who} fetches the output {name!r}, which the step does not "
         f"return; `outputs` has keys {sorted(map(str, outputs))}.") from None
 
 
@@ -116,7 +139,7 @@ def device_fetches(fetches: Sequence[Any], state: Any, outputs: Any,
   """Like :func:`resolve_fetches`, with device arrays at the leaves (no
   read): what a lagged delivery reads later."""
   return [
-      None if f is None else jax.tree_util.tree_map(
+      None if f is None else map_leaves(
           lambda x: _resolve_leaf(x, state, outputs, step_fn), f,
           is_leaf=_is_fetch_leaf) for f in fetches
   ]

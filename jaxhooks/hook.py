@@ -55,7 +55,8 @@ here, so a TF1 hook ports by changing its imports.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple, Union
+from typing import (Any, Callable, Iterable, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple, Union)
 
 __all__ = [
     "Hook",
@@ -337,6 +338,16 @@ class Hook:
   def device_monitors(self) -> tuple:
     """:class:`DeviceMonitor` values the runner keeps for this hook."""
     return ()
+
+  def output_names(self) -> Mapping[str, Sequence[str]]:
+    """The step outputs this hook fetches by name and reports as numbers,
+    by the argument that names them (``{"tensors": ("loss",)}``).
+
+    The runner checks them once, at the first call (see
+    ``jaxhooks.scalars.check_outputs``): each must be an output the step
+    returns, with one element or equal elements, so that a misspelled name
+    fails before any trigger step is lost."""
+    return {}
 
   def begin(self) -> None:
     """Called once before the session is created (before restore)."""

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 
-from jaxhooks import fetch
+from jaxhooks import fetch, scalars
 from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
                            Session)
 from jaxhooks.timer import Clock, SecondOrStepTimer, TimerTriggered
@@ -102,8 +102,13 @@ class LoggingTensorHook(TimerTriggered, Hook):
   def timer(self) -> Optional[SecondOrStepTimer]:
     return self._timer
 
+  def output_names(self) -> Dict[str, Any]:
+    return {"tensors": scalars.named_outputs(self._tensors)}
+
   def _log(self, values: Dict[str, Any], elapsed: Optional[float]) -> None:
-    values = {tag: values[tag] for tag in self._tensors}  # the user's order
+    values = scalars.outputs_of(  # the user's order; one number each
+        {tag: values[tag] for tag in self._tensors},
+        "LoggingTensorHook `tensors`")
     if self._formatter is not None:
       log.info("%s", self._formatter(values))
       return

@@ -6,7 +6,7 @@ import datetime
 import sys
 from typing import Any, Dict, Optional, TextIO
 
-from jaxhooks import fetch
+from jaxhooks import fetch, scalars
 from jaxhooks.hook import (GLOBAL_STEP, Hook, RunArgs, RunContext, RunValues,
                            Session)
 from jaxhooks.log_hooks import _tagged
@@ -16,6 +16,7 @@ from jaxhooks.timer import Clock, SecondOrStepTimer
 __all__ = ["ProgressBarHook"]
 
 _STEP = "__jaxhooks_step__"
+_WHO = "ProgressBarHook `metrics`"
 
 
 def _tqdm(required: bool) -> Any:
@@ -183,6 +184,11 @@ class ProgressBarHook(Hook):
                              desc=self._desc, unit="step", file=self._stream,
                              dynamic_ncols=True)
 
+  def output_names(self) -> Dict[str, Any]:
+    if self._metrics is None:
+      return {}
+    return {"metrics": scalars.named_outputs(self._metrics)}
+
   def next_step_of_interest(self, step: int):
     every = self._every[1]   # from the arguments alone: the same everywhere
     return None if every is None else (step // every + 1) * every
@@ -210,6 +216,7 @@ class ProgressBarHook(Hook):
     self._timer.update_last_triggered_step(step)
     values = dict(run_values.results)
     del values[_STEP]
+    values = scalars.outputs_of(values, _WHO)
     self._postfix = values
     now = self._timer.clock()
     if self._bar is not None:
@@ -223,8 +230,8 @@ class ProgressBarHook(Hook):
     if not self._started:
       self._open()
     if self._metrics is not None and session.outputs is not None:
-      self._postfix = fetch.resolve_at_step(
-          self._metrics, session.state, session.outputs, session.step)
+      self._postfix = scalars.outputs_of(fetch.resolve_at_step(
+          self._metrics, session.state, session.outputs, session.step), _WHO)
     if self._bar is not None:
       if self._postfix:
         self._bar.set_postfix_str(_fmt_metrics(self._postfix), refresh=False)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 
-from jaxhooks import fetch, lag, nnx_state, process_exit
+from jaxhooks import fetch, lag, nnx_state, process_exit, scalars
 from jaxhooks.coord import Coordinator
 from jaxhooks.distributed import default_coordinator
 from jaxhooks.errors import LifecycleError, StepMismatchError
@@ -338,6 +338,7 @@ class HookedStep:
     result = self._step_call(state, batch, n)
     if not self._checked_outputs:
       check_step_result(result)
+      scalars.check_outputs(self.hooks, result[1])
       self._checked_outputs = True
     new_state, outputs = result
     fetches = [None if r is None else r.fetches for r in requests]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
+from jaxhooks import scalars
 from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues, Session
 from jaxhooks.log_hooks import _tagged
 from jaxhooks.timer import Clock, SecondOrStepTimer, TimerTriggered
@@ -15,17 +17,22 @@ from jaxhooks.writers import (MetricWriter, default_writer, open_writer,
 
 __all__ = ["SummarySaverHook"]
 
+log = logging.getLogger("jaxhooks")
+_WHO = "SummarySaverHook `scalars`"
 
-def _is_scalar_number(value: Any) -> bool:
-  """True for a 0-d numeric array or a Python number (no device sync)."""
+
+def _is_number(value: Any) -> bool:
+  """True for a numeric array or a Python number (no device sync)."""
   dtype = getattr(value, "dtype", None)
   if dtype is None:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-  return np.ndim(value) == 0 and np.issubdtype(dtype, np.number)
+  return np.issubdtype(dtype, np.number)
 
 
 def scalar_outputs(state: Any, outputs: Any) -> Any:
-  """The scalar entries of the step's ``outputs`` dict (a fetch function)."""
+  """The numeric entries of the step's ``outputs`` dict (a fetch function);
+  one of many elements is summarized on the device (first element, all
+  equal), so that a replicated one is written and no array is read."""
   del state
   if outputs is None:
     return {}
@@ -40,9 +47,26 @@ def scalar_outputs(state: Any, outputs: Any) -> Any:
       value = scalar_outputs(None, value)
       if value:
         found[tag] = value
-    elif _is_scalar_number(value):
-      found[tag] = value
+    elif _is_number(value):
+      found[tag] = scalars.summarize(value)
   return found
+
+
+def _reported(values: Mapping, prefix: str, skipped: List[str]) -> dict:
+  """``values`` without the entries the rule reports no number for (their
+  tags go to ``skipped``)."""
+  out = {}
+  for tag, value in values.items():
+    name = f"{prefix}/{tag}" if prefix else str(tag)
+    if isinstance(value, Mapping):
+      value = _reported(value, name, skipped)
+      if value:
+        out[tag] = value
+    elif scalars.reportable(value) is None:
+      skipped.append(name)
+    else:
+      out[tag] = value
+  return out
 
 
 class SummarySaverHook(TimerTriggered, Hook):
@@ -61,7 +85,13 @@ class SummarySaverHook(TimerTriggered, Hook):
     scalars: what to write: a list of output names or functions of
       ``(state, outputs)``, or a dict ``{tag: name_or_function}``; a function
       may return a dict, whose keys extend its tag (``tag/key``). ``None``
-      (the default) writes every scalar entry of the step's outputs dict.
+      (the default) writes every numeric entry of the step's outputs dict
+      that reports a number: a scalar, or a replicated value (every element
+      equal: a ``pmap`` output reduced with ``lax.pmean``), written as its
+      first element. The others are not written, and a warning names them
+      once. Values chosen with ``scalars`` follow the same rule, and one
+      whose elements differ is an error (at the first call for an output
+      name).
     clock: time source for ``save_secs`` (tests inject one).
 
   Exactly one of ``save_steps`` and ``save_secs``, and exactly one of
@@ -108,6 +138,12 @@ class SummarySaverHook(TimerTriggered, Hook):
     self._owns_writer = writer is None
     self._writer = default_writer(output_dir) if writer is None else writer
     self._output_dir = output_dir
+    self._skipped: set = set()
+
+  def output_names(self) -> dict:
+    if self._fetches is scalar_outputs:
+      return {}
+    return {"scalars": scalars.named_outputs(self._fetches)}
 
   @property
   def writer(self) -> MetricWriter:
@@ -130,7 +166,18 @@ class SummarySaverHook(TimerTriggered, Hook):
     if run_values.results is None:
       return
     self._timer.update_last_triggered_step(run_values.step)
-    values = scalar_dict(run_values.results)
+    results = run_values.results
+    if self._fetches is scalar_outputs:
+      skipped: List[str] = []
+      results = _reported(results, "", skipped)
+      new = sorted(set(skipped) - self._skipped)
+      if new:
+        self._skipped.update(new)
+        log.warning("SummarySaverHook (scalars=None) does not write the "
+                    "outputs %s: their elements differ (not a scalar nor a "
+                    "replicated value). Reduce them in the step, or choose "
+                    "what to write with `scalars=`.", new)
+    values = scalar_dict(results, who=_WHO)
     if values:
       self._writer.write_scalars(run_context.step, values)
 

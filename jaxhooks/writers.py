@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import (Any, Callable, Dict, Iterable, Optional, Protocol,
                     runtime_checkable)
 
-import numpy as np
+from jaxhooks.scalars import scalar
 
 __all__ = [
     "MetricWriter",
@@ -71,11 +71,15 @@ class MetricWriter(Protocol):
     """Flushes and releases files."""
 
 
-def scalar_dict(values: Any, *, prefix: str = "") -> Dict[str, float]:
-  """Flattens ``{tag: value}`` (nested dicts join tags with ``/``) to floats.
+def scalar_dict(values: Any, *, prefix: str = "",
+                who: str = "Summary") -> Dict[str, float]:
+  """Flattens ``{tag: value}`` (nested dicts join tags with ``/``) to floats,
+  one per value by the rule of :func:`jaxhooks.scalars.scalar` (a
+  replicated value gives its first element).
 
   Raises:
-    ValueError: a value is not a scalar (an array with more than one entry).
+    ValueError: a value with elements that differ (``who`` names the
+      writer or hook in the message).
 
   Example:
     >>> import numpy as np
@@ -86,16 +90,11 @@ def scalar_dict(values: Any, *, prefix: str = "") -> Dict[str, float]:
     if not prefix:
       raise TypeError(
           f"`scalars` must be a dict of tag -> value, got {values!r}.")
-    arr = np.asarray(values)
-    if arr.size != 1:
-      raise ValueError(
-          f"Summary `{prefix}` must be a scalar, got an array of shape "
-          f"{arr.shape}.")
-    return {prefix: float(arr.reshape(()))}
+    return {prefix: float(scalar(values, who=who, name=prefix))}
   out: Dict[str, float] = {}
   for tag, value in values.items():
     out.update(scalar_dict(value, prefix=f"{prefix}/{tag}" if prefix
-                           else str(tag)))
+                           else str(tag), who=who))
   return out
 
 

@@ -111,8 +111,9 @@ def test_bad_arguments(args, kwargs, error, match):
 
 
 def test_bad_metric_values_are_clear_errors():
-  with pytest.raises(ValueError, match=r"`metric` 'vec' must be a scalar, "
-                     r"got shape \(3,\)"):
+  with pytest.raises(ValueError, match=r"EarlyStoppingHook `metric` 'vec' is "
+                     r"not a scalar: got shape \(3,\) with elements that "
+                     r"differ"):
     run(scripted_step([1.0] * 3), [jh.StopAtStepHook(last_step=3),
                                    jh.EarlyStoppingHook("vec")])
   with pytest.raises(ValueError, match=r"without `metric` 'acc'"):
