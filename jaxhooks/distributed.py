@@ -14,6 +14,8 @@ steps that are multiples of ``check_every_n_steps``::
         the step and the process)
     any process asked to stop -> every process stops after step c
     any process got a preemption notice -> every process saves step c
+        (a notice is recorded as it arrives, from the signal handler, so
+        the check right after it shares it; it changes no call before)
     time timers fire at step c where process 0's timer was due
 
 The exchange goes through the key-value store of ``jax.distributed`` (the
@@ -140,6 +142,20 @@ class DistributedCoordinator(Coordinator):
       self.wake()
     else:
       self._pending.append(text)
+
+  def notify_preemption(self) -> None:
+    """Records a notice as it arrives, for the next check to share (the
+    check of the very next step, if it is one). Several processes: no
+    :meth:`wake`, nothing changes on this process alone."""
+    self._preempt_notified = True
+    if self._independent or self.process_count == 1:
+      self.wake()
+
+  def next_preemption_step(self, step: int, *,
+                           notified: bool) -> Optional[int]:
+    if self._independent or self.process_count == 1:
+      return super().next_preemption_step(step, notified=notified)
+    return None   # the notice acts through the agreed check step only
 
   def agree_preemption_step(self, step: int, *,
                             notified: bool) -> Optional[int]:
