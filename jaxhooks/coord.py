@@ -8,7 +8,7 @@ multi-process coordinator has to agree on.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import jax
 
@@ -120,6 +120,11 @@ class Coordinator:
 
   def bind(self, hooks: Sequence[Any]) -> None:
     """Called by the runner after restore with the hooks it runs."""
+
+  def watch(self, progress: Callable[[], Optional[int]]) -> None:
+    """Called by the runner after :meth:`bind` with a function that returns
+    the loop's step while it runs and ``None`` after; a multi-process
+    coordinator starts its watchdog with it."""
 
   def check(self, step: int) -> None:
     """Called before the hooks of a check step (never in one process)."""

@@ -2,11 +2,14 @@
 is a key-value store that answers for it (tests/test_multiprocess.py runs
 the same faults on real processes)."""
 
+import atexit
 import json
 
 import jax.numpy as jnp
+import pytest
 
 import jaxhooks as jh
+from jaxhooks import watchdog
 from conftest import dict_step, dict_state
 
 
@@ -81,3 +84,145 @@ def test_a_local_notice_does_not_change_the_calls_of_a_fused_loop(tmp_path):
                                          check_every=10, steps_per_call=4)
   assert calls == [(0, 4), (4, 8), (8, 10)]
   assert last == 10 and saved == [10]
+
+
+# -- the watchdog ---------------------------------------------------------
+
+
+class BeatStore(dict):
+  """The key-value store seen by the watchdogs of two processes."""
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    self[key] = value
+
+  def key_value_try_get(self, key):
+    return self[key]
+
+
+def watchdog_pair(**kwargs):
+  """The watchdogs of processes 0 and 1 on one store and one fake clock."""
+  store, now, ended = BeatStore(), [0.0], []
+  dogs = [watchdog.Watchdog(
+      client=store, namespace="ns", process_index=i, process_count=2,
+      timeout_secs=20, stall_timeout_secs=60, check_every_n_steps=100,
+      clock=lambda: now[0], end=ended.append, **kwargs) for i in range(2)]
+  return dogs, now, ended
+
+
+def test_watchdog_ends_a_process_that_completes_no_step():
+  # Item 6: process 1 is stuck after step 11 (its loop body); process 0
+  # waits in the step's collectives. A step resets the stall clock.
+  dogs, now, ended = watchdog_pair()
+  steps = [10, 11]
+  dogs[0].watch(lambda: steps[0])
+  dogs[1].watch(lambda: steps[1])
+  now[0] = 10.0
+  assert dogs[0].poll() and dogs[1].poll()
+  now[0], steps[0] = 50.0, 11        # process 0 completes step 11
+  assert dogs[0].poll() and dogs[1].poll()
+  now[0] = 60.0                      # 60 s without a step on process 1
+  assert not dogs[1].poll() and dogs[0].poll()
+  now[0] = 110.0
+  assert not dogs[0].poll()
+  first, second = ended
+  assert isinstance(first, jh.StallError)
+  assert (first.process, first.step, second.process, second.step) == (
+      1, 11, 0, 11)
+  assert str(first).startswith(
+      "Process 1 made no progress for 60 s after step 11 "
+      "(`stall_timeout_secs`=60): its main thread is in `")
+  assert ". The other processes: process 0: step 11, in `" in str(first)
+  assert ". The other processes: process 1: step 11, in `" in str(second)
+  assert str(second).endswith(
+      " (ended); ending the process instead of hanging.")
+
+
+def test_process_0_ends_after_the_others():
+  # Process 0 runs the coordination service: it ends once the other
+  # process stopped beating (or ended), at most timeout_secs later.
+  dogs, now, ended = watchdog_pair()
+  dogs[0].watch(lambda: 3)
+  dogs[1].watch(lambda: 3)
+  assert dogs[1].poll()
+  now[0] = 59.5
+  assert dogs[1].poll()
+  now[0] = 60.0
+  assert dogs[0].poll() and ended == []   # process 1 still beats
+  now[0] = 61.0
+  assert dogs[0].poll() and ended == []
+  assert not dogs[1].poll() and len(ended) == 1
+  assert not dogs[0].poll() and [e.process for e in ended] == [1, 0]
+
+
+def test_watchdog_calls_a_silent_peer_lost_unless_a_check_waits_for_it():
+  # Item 8: process 1's beats stop at t=5 (SIGKILL); process 0 waits in the
+  # step's collectives: lost after timeout_secs=20 without a beat.
+  dogs, now, ended = watchdog_pair()
+  dogs[0].watch(lambda: 8)
+  dogs[1].watch(lambda: 6)
+  now[0] = 5.0
+  assert dogs[1].poll() and dogs[0].poll()
+  dogs[0].in_check = True            # the check's own deadline applies
+  now[0] = 25.0
+  assert dogs[0].poll() and ended == []
+  dogs[0].in_check = False
+  assert not dogs[0].poll()
+  (error,) = ended
+  assert isinstance(error, jh.CoordinationTimeoutError)
+  assert (error.step, error.process) == (100, 1)
+  assert str(error).startswith(
+      "Process 1 did not arrive at the check of step 100 within 20 s (no "
+      "heartbeat from it since its step 6; this process is at step 8, its "
+      "main thread in `")
+
+
+def test_watchdog_ignores_a_peer_whose_loop_ended():
+  dogs, now, ended = watchdog_pair()
+  running = [True]
+  dogs[0].watch(lambda: 30)
+  dogs[1].watch(lambda: 30 if running[0] else None)
+  assert dogs[1].poll()
+  running[0] = False
+  assert not dogs[1].poll()          # publishes that it is done and stops
+  now[0] = 59.0
+  assert dogs[0].poll() and ended == []
+
+
+def test_watchdog_ends_a_process_that_does_not_exit_after_a_lost_peer():
+  # Item 8: after a check raised, the process exits at interpreter exit
+  # (see tests/test_multiprocess.py) and at the latest timeout_secs later.
+  dogs, now, ended = watchdog_pair()
+  steps = [9]
+  dogs[0].watch(lambda: steps[0])
+  steps[0] = None                    # the loop ended with the error
+  error = jh.CoordinationTimeoutError(10, 1, 20.0)
+  try:
+    dogs[0].peer_lost(error)
+    assert dogs[0].lost is error and dogs[0].poll()
+    now[0] = 20.0
+    assert not dogs[0].poll()
+  finally:
+    atexit.unregister(watchdog.exit_now)
+  assert str(ended[0]).startswith(
+      "Process 0 made no progress for 20 s after step 9 (`timeout_secs`"
+      f"=20) since a check raised: {error} The process did not exit: its "
+      "main thread is in `")
+
+
+def test_a_check_that_times_out_arms_the_exit(tmp_path):
+  class Silent(PeerStore):
+    def blocking_key_value_get(self, key, ms):
+      raise RuntimeError("DEADLINE_EXCEEDED: key not found")
+
+  coord = jh.DistributedCoordinator(
+      check_every_n_steps=5, timeout_secs=3, client=Silent(),
+      process_index=0, process_count=2, namespace="ns")
+  try:
+    with pytest.raises(jh.CoordinationTimeoutError,
+                       match="Process 1 did not arrive at the check of step "
+                             "5 within 3 s .DEADLINE_EXCEEDED") as info:
+      coord.check(5)
+  finally:
+    atexit.unregister(watchdog.exit_now)
+  assert coord.watchdog.lost is info.value
+  assert not coord.watchdog.in_check
