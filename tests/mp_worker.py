@@ -279,9 +279,11 @@ def scenario_stuck(out):
     state, _, stop = step(state, next_batch(batch_for, step.step + 1, 12))
 
 
-def scenario_killed(out):
+def scenario_killed(out, wait_in):
   """Process 1 publishes its pid after step 6 and waits; process 0 kills it
-  with SIGKILL after step 8, then reaches the check of step 10."""
+  with SIGKILL after its step 6. Then process 0 waits in the check of step
+  10 (`wait_in` "check"), or in step 7's collectives ("step": it reads the
+  loss after every step)."""
   import signal
   import threading
   from jaxhooks.distributed import distributed_client
@@ -292,13 +294,15 @@ def scenario_killed(out):
     if jax.process_index() == 1 and ctx.step == 6:
       client.key_value_set("victim", str(os.getpid()))
       threading.Event().wait()
-    if jax.process_index() == 0 and ctx.step == 8:
+    if jax.process_index() == 0 and ctx.step == 6:
       os.kill(int(client.blocking_key_value_get("victim", 60_000)),
               signal.SIGKILL)
   coord = jh.DistributedCoordinator(check_every_n_steps=5, timeout_secs=4)
-  step = jh.wrap(train_step, coord=coord, hooks=[
-      jh.StopAtStepHook(last_step=50), jh.LambdaHook(after_run=after_run)])
-  run(step, state, batch_for)   # raises CoordinationTimeoutError
+  hooks = [jh.StopAtStepHook(last_step=50), jh.LambdaHook(after_run=after_run)]
+  if wait_in == "step":
+    hooks.append(FetchLoss())
+  step = jh.wrap(train_step, coord=coord, hooks=hooks)
+  run(step, state, batch_for)   # raises CoordinationTimeoutError, or hangs
 
 
 class Stream:

@@ -199,12 +199,14 @@ def test_sigterm_on_one_process_of_a_fused_loop_saves_the_check_step(
   assert r[0]["final"] == r[1]["final"] == 10
 
 
-def outputs_of(scenario, tmp_path, *, timeout):
+def outputs_of(scenario, tmp_path, *args, timeout):
+  """Runs a job whose processes end without results; returns their return
+  codes, their outputs and the seconds the job took."""
   port = _free_port()
   start = time.monotonic()
   rcs, outs = spawn([
       [sys.executable, str(WORKER), scenario, str(i), "2", str(port),
-       str(tmp_path)] for i in range(2)], timeout=timeout)
+       str(tmp_path), *args] for i in range(2)], timeout=timeout)
   return rcs, outs, time.monotonic() - start
 
 
@@ -228,14 +230,26 @@ def test_a_stuck_peer_ends_both_processes_with_a_clear_error(tmp_path):
                         "(exit code 75)")
 
 
+@pytest.mark.parametrize("wait_in", ["check", "step"])
 def test_a_sigkilled_peer_gives_the_coordination_error_and_a_prompt_exit(
-    tmp_path):
-  # Item 8: process 0 kills process 1 (SIGKILL) after step 8 and waits in
-  # the check of step 10: CoordinationTimeoutError after timeout_secs=4,
-  # then exit code 75 at once, not a wait in jax.distributed's shutdown
-  # (aborted by JAX's heartbeat, 10 s here, with rc -6).
-  rcs, outs, secs = outputs_of("killed", tmp_path, timeout=120)
+    tmp_path, wait_in):
+  # Item 8: process 0 kills process 1 (SIGKILL) after step 6, then waits in
+  # the check of step 10, or in step 7's collectives. Either way it reports
+  # CoordinationTimeoutError after timeout_secs=4 and exits with code 75 at
+  # once: not aborted by JAX's heartbeat (10 s here, rc -6), not waiting in
+  # jax.distributed's shutdown for the dead peer.
+  rcs, outs, secs = outputs_of("killed", tmp_path, wait_in, timeout=120)
   assert rcs == [75, -9], "\n".join(o[-3000:] for o in outs)
   assert secs < 60
-  assert ("jaxhooks.errors.CoordinationTimeoutError: Process 1 did not "
-          "arrive at the check of step 10 within 4 s (") in outs[0]
+  error = ("CoordinationTimeoutError: Process 1 did not arrive at the check "
+           "of step 10 within 4 s (")
+  if wait_in == "check":
+    assert "jaxhooks.errors." + error in outs[0]
+  else:
+    line = next(l for l in outs[0].splitlines() if error in l)
+    assert line.startswith("CRITICAL:jaxhooks:" + error + "no heartbeat from "
+                           "it since its step ")
+    assert ("; this process is at step 6, its main thread in `_value` ("
+            in line)
+    assert "called from `_read` (jaxhooks/runner.py:" in line
+    assert line.endswith("); stopping instead of hanging. (exit code 75)")
