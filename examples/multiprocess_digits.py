@@ -73,8 +73,11 @@ def main(argv=None):
   state = jax.device_put(create_state(), replicated)
   final = jh.FinalOpsHook({"test_accuracy": accuracy_on(
       jax.device_put(x_test, replicated), jax.device_put(y_test, replicated))})
+  # A lost peer is reported within timeout_secs, below jax.distributed's
+  # heartbeat_timeout_seconds (100): JAX aborts the job after that. A job
+  # that completes no step for stall_timeout_secs ends with exit code 75.
   coord = jh.DistributedCoordinator(check_every_n_steps=args.check_every,
-                                    timeout_secs=120)
+                                    timeout_secs=60, stall_timeout_secs=300)
   step = jh.wrap(train_step, coord=coord, hooks=[
       jh.StopAtStepHook(last_step=args.steps),
       jh.NanTensorHook("loss"),

@@ -21,7 +21,7 @@ from jaxhooks.early_stopping import EarlyStoppingHook
 from jaxhooks.errors import (CheckpointError, CheckpointMismatchError,
                              CoordinationTimeoutError, LifecycleError,
                              NanLossDuringTrainingError, NonFiniteStateError,
-                             StepMismatchError)
+                             StallError, StepMismatchError)
 from jaxhooks.hook import (GLOBAL_STEP, NEVER, DeviceMonitor, Hook, RunArgs,
                            RunContext, RunValues, Session, SessionRunArgs,
                            SessionRunContext, SessionRunHook, SessionRunValues)
@@ -82,6 +82,7 @@ __all__ = [
     "SessionRunContext",
     "SessionRunHook",
     "SessionRunValues",
+    "StallError",
     "StepCounterHook",
     "StepMismatchError",
     "StopAtStepHook",

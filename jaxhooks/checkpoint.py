@@ -289,7 +289,8 @@ class CheckpointSaverHook(Hook):
     # checked by the code that writes it.
     cio.hook_states(self._hooks)
     self._coord = coord
-    self._notice.on_notify = coord.wake   # a notice ends the fast path
+    # The coordinator learns of a notice as it arrives.
+    self._notice.forward_to(coord.notify_preemption)
     # Without our SIGTERM handler (off the main thread) a multi-process job
     # learns of a preemption from JAX's preemption service only, which is
     # asked at each call that runs this hook: then run it on every call.
@@ -306,8 +307,11 @@ class CheckpointSaverHook(Hook):
     return cio.all_finite(state)
 
   def next_step_of_interest(self, step: int):
-    if self._save_on_preemption and self._notice.received:
-      return step + 1
+    if self._save_on_preemption and self._coord is not None:
+      nxt = self._coord.next_preemption_step(step,
+                                             notified=self._notice.received)
+      if nxt is not None:
+        return nxt
     if self._poll_service:
       return None
     if self._timer is None:

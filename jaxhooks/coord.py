@@ -8,7 +8,7 @@ multi-process coordinator has to agree on.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import jax
 
@@ -97,8 +97,34 @@ class Coordinator:
     ends."""
     return tuple(self._errors)
 
+  def notify_preemption(self) -> None:
+    """Records a preemption notice as it arrives (``CheckpointSaverHook``
+    forwards its notice here). In one process the next call runs every
+    hook (:meth:`wake`), and the saver saves the step it completes. Safe to
+    call from a signal handler."""
+    self.wake()
+
+  def next_preemption_step(self, step: int, *,
+                           notified: bool) -> Optional[int]:
+    """The earliest step after ``step`` at which a preemption save can be
+    due: ``CheckpointSaverHook.next_step_of_interest`` answers it. In one
+    process the next step, once ``notified``; a multi-process coordinator
+    answers ``None``, so that a notice seen by one process changes no call
+    (the check step that shares it ends a call on every process anyway).
+
+    Example:
+      >>> Coordinator().next_preemption_step(7, notified=True)
+      8
+    """
+    return int(step) + 1 if notified else None
+
   def bind(self, hooks: Sequence[Any]) -> None:
     """Called by the runner after restore with the hooks it runs."""
+
+  def watch(self, progress: Callable[[], Optional[int]]) -> None:
+    """Called by the runner after :meth:`bind` with a function that returns
+    the loop's step while it runs and ``None`` after; a multi-process
+    coordinator starts its watchdog with it."""
 
   def check(self, step: int) -> None:
     """Called before the hooks of a check step (never in one process)."""

@@ -14,11 +14,17 @@ steps that are multiples of ``check_every_n_steps``::
         the step and the process)
     any process asked to stop -> every process stops after step c
     any process got a preemption notice -> every process saves step c
+        (a notice is recorded as it arrives, from the signal handler, so
+        the check right after it shares it; it changes no call before)
     time timers fire at step c where process 0's timer was due
 
 The exchange goes through the key-value store of ``jax.distributed`` (the
 coordination service), not through devices, so a dead peer cannot hang it:
-the wait has a deadline. Nothing is exchanged on other steps.
+the wait has a deadline. Nothing is exchanged on other steps. A peer that
+dies or hangs between checks blocks the others inside the step's
+collectives instead: the watchdog thread of each process
+(``jaxhooks.watchdog``) ends such a job, and exits a process promptly
+once a check lost a peer.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import jax
 from jaxhooks.coord import Coordinator
 from jaxhooks.errors import CoordinationTimeoutError
 from jaxhooks.timer import SecondOrStepTimer, check_period
+from jaxhooks.watchdog import Watchdog
 
 __all__ = ["DistributedCoordinator", "default_coordinator",
            "distributed_client"]
@@ -75,7 +82,16 @@ class DistributedCoordinator(Coordinator):
     check_every_n_steps: check steps are the multiples of this. A local stop
       request takes effect after the next check step; an ``every_n_secs``
       timer fires only at check steps.
-    timeout_secs: how long a check waits for the other processes.
+    timeout_secs: how long a check waits for the other processes, and how
+      long the watchdog waits for a peer's heartbeat before it calls that
+      peer lost. Keep it below ``jax.distributed.initialize``'s
+      ``heartbeat_timeout_seconds`` (100 by default): JAX aborts the
+      processes of a job with a dead peer after that time.
+    stall_timeout_secs: the longest time a process may complete no step
+      (in the step's collectives, waiting for a stuck peer, or anywhere in
+      the loop) before its watchdog ends it (exit code 75, see
+      ``jaxhooks.watchdog``). It must cover the first call's compilation
+      and anything the loop body does between steps (an evaluation).
     independent: the processes run loops of their own (no shared
       collectives, as an evaluator beside a trainer): checks then only
       publish the step, for ``GlobalStepWaiterHook``, and stops stay local.
@@ -100,7 +116,8 @@ class DistributedCoordinator(Coordinator):
   """
 
   def __init__(self, *, check_every_n_steps: int = 100,
-               timeout_secs: float = 300.0, independent: bool = False,
+               timeout_secs: float = 60.0,
+               stall_timeout_secs: float = 600.0, independent: bool = False,
                client: Any = None, process_index: Optional[int] = None,
                process_count: Optional[int] = None,
                namespace: Optional[str] = None,
@@ -111,6 +128,7 @@ class DistributedCoordinator(Coordinator):
       raise ValueError("`check_every_n_steps` must be a whole number, got "
                        f"{check_every_n_steps!r}.")
     check_period("timeout_secs", timeout_secs, allow_none=False)
+    check_period("stall_timeout_secs", stall_timeout_secs, allow_none=False)
     self.check_every_n_steps = int(check_every_n_steps)
     self._timeout_secs = float(timeout_secs)
     self._independent = bool(independent)
@@ -122,10 +140,21 @@ class DistributedCoordinator(Coordinator):
     self._checks: List[int] = []
     self._preempt_notified = False
     self._preempt_step: Optional[int] = None
+    self._watchdog = None if self._independent else Watchdog(
+        client=self._client, namespace=self._ns,
+        process_index=self.process_index, process_count=self.process_count,
+        timeout_secs=self._timeout_secs,
+        stall_timeout_secs=float(stall_timeout_secs),
+        check_every_n_steps=self.check_every_n_steps, clock=clock)
 
   @property
   def timeout_secs(self) -> float:
     return self._timeout_secs
+
+  @property
+  def watchdog(self) -> Optional[Watchdog]:
+    """The watchdog of this process (``None`` for independent loops)."""
+    return self._watchdog
 
   @property
   def pending_requests(self) -> tuple:
@@ -140,6 +169,20 @@ class DistributedCoordinator(Coordinator):
       self.wake()
     else:
       self._pending.append(text)
+
+  def notify_preemption(self) -> None:
+    """Records a notice as it arrives, for the next check to share (the
+    check of the very next step, if it is one). Several processes: no
+    :meth:`wake`, nothing changes on this process alone."""
+    self._preempt_notified = True
+    if self._independent or self.process_count == 1:
+      self.wake()
+
+  def next_preemption_step(self, step: int, *,
+                           notified: bool) -> Optional[int]:
+    if self._independent or self.process_count == 1:
+      return super().next_preemption_step(step, notified=notified)
+    return None   # the notice acts through the agreed check step only
 
   def agree_preemption_step(self, step: int, *,
                             notified: bool) -> Optional[int]:
@@ -161,6 +204,11 @@ class DistributedCoordinator(Coordinator):
                     for t in _time_timers(h)]
     for timer in self._timers:
       timer.share_decisions()
+
+  def watch(self, progress: Callable[[], Optional[int]]) -> None:
+    """Starts the watchdog thread (see ``jaxhooks.watchdog``)."""
+    if self._watchdog is not None and self.process_count > 1:
+      self._watchdog.watch(progress, thread=True)
 
   def _key(self, step: int, process: int) -> str:
     return f"{self._ns}/check/{step}/{process}"
@@ -195,17 +243,15 @@ class DistributedCoordinator(Coordinator):
     self._client.key_value_set(self._key(step, me), json.dumps(payload))
     payloads: Dict[int, dict] = {me: payload}
     deadline = self._clock() + self._timeout_secs
-    for q in range(self.process_count):
-      if q == me:
-        continue
-      wait_ms = max(1, int((deadline - self._clock()) * 1000))
-      try:
-        raw = self._client.blocking_key_value_get(self._key(step, q), wait_ms)
-      except Exception as e:  # deadline passed or the service lost the peer
-        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise CoordinationTimeoutError(step, q, self._timeout_secs,
-                                       f" ({detail})") from e
-      payloads[q] = json.loads(raw)
+    if self._watchdog is not None:
+      self._watchdog.in_check = True
+    try:
+      for q in range(self.process_count):
+        if q != me:
+          payloads[q] = json.loads(self._exchange(step, q, deadline))
+    finally:
+      if self._watchdog is not None:
+        self._watchdog.in_check = False
     self._forget_old_checks(step)
     requests = [f"process {q}: {r}" for q in sorted(payloads)
                 for r in payloads[q]["stop"]]
@@ -217,6 +263,19 @@ class DistributedCoordinator(Coordinator):
       self._preempt_step = step
     for timer, due in zip(self._timers, payloads[0]["due"]):
       timer.agree(step, bool(due))
+
+  def _exchange(self, step: int, q: int, deadline: float) -> str:
+    """Process ``q``'s payload of the check of ``step``."""
+    wait_ms = max(1, int((deadline - self._clock()) * 1000))
+    try:
+      return self._client.blocking_key_value_get(self._key(step, q), wait_ms)
+    except Exception as e:  # deadline passed or the service lost the peer
+      detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+      error = CoordinationTimeoutError(step, q, self._timeout_secs,
+                                       f" ({detail})")
+      if self._watchdog is not None:   # the job cannot go on: exit promptly
+        self._watchdog.peer_lost(error)
+      raise error from e
 
   def _forget_old_checks(self, step: int) -> None:
     # Every other process read our key of the check before last by now.

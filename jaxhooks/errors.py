@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "CoordinationTimeoutError",
+    "StallError",
     "LifecycleError",
     "StepMismatchError",
     "NanLossDuringTrainingError",
@@ -99,6 +100,37 @@ class CoordinationTimeoutError(RuntimeError):
 
   def __reduce__(self):
     return (type(self), (self.step, self.process, self.timeout_secs))
+
+
+class StallError(RuntimeError):
+  """A process of a multi-process job made no progress for too long (a
+  peer stuck in its own data loading blocks the others in the step's
+  collectives); the watchdog logs it and ends the process.
+
+  Attributes:
+    process: the process that made no progress.
+    step: the last step it completed.
+
+  Example:
+    >>> import jaxhooks as jh
+    >>> print(jh.StallError(0, 12, 600.0, "stall_timeout_secs"))
+    Process 0 made no progress for 600 s after step 12 (`stall_timeout_secs`=600); ending the process instead of hanging.
+  """
+
+  def __init__(self, process: int, step: int, waited_secs: float,
+               setting: str, detail: str = ""):
+    self.process = process
+    self.step = step
+    self.waited_secs = waited_secs
+    self.setting = setting
+    super().__init__(
+        f"Process {process} made no progress for {waited_secs:g} s after "
+        f"step {step} (`{setting}`={waited_secs:g}){detail}; ending the "
+        "process instead of hanging.")
+
+  def __reduce__(self):
+    return (type(self), (self.process, self.step, self.waited_secs,
+                         self.setting))
 
 
 class CheckpointError(RuntimeError):

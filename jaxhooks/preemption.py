@@ -46,7 +46,7 @@ class PreemptionNotice:
     self._previous: Dict[int, Any] = {}
     self._event = threading.Event()
     self.signal_name = None
-    #: Called after a notice is recorded (the coordinator's ``wake``).
+    #: Called after a notice is recorded (see :meth:`forward_to`).
     self.on_notify = None
 
   @property
@@ -65,6 +65,13 @@ class PreemptionNotice:
     self._event.set()
     if self.on_notify is not None:
       self.on_notify()
+
+  def forward_to(self, callback: Any) -> None:
+    """Calls ``callback()`` at every notice from now on, and at once if a
+    notice is already there (one that came before the session started)."""
+    self.on_notify = callback
+    if callback is not None and self.received:
+      callback()
 
   def clear(self) -> None:
     self._event.clear()

@@ -180,6 +180,7 @@ class HookedStep:
       self._step = int(jax.device_get(step))
       self._phase = _RUNNING
       self.coord.bind(self.hooks)
+      self.coord.watch(self._running_step)
       self._plan.check_every = self.coord.check_every_n_steps
       self._build_program()
       session = self.session()
@@ -196,6 +197,11 @@ class HookedStep:
     """Whether jaxhooks runs the step in a program of its own."""
     return (self._steps_per_call > 1 or self._batch_fn is not None
             or any(hook.device_monitors() for hook in self.hooks))
+
+  def _running_step(self) -> Optional[int]:
+    """The host step while the loop runs, ``None`` after (for the
+    coordinator's watchdog; read from its thread)."""
+    return self._step if self._phase == _RUNNING else None
 
   def _build_program(self) -> None:
     monitors = [m for hook in self.hooks for m in hook.device_monitors()]

@@ -223,6 +223,88 @@ def scenario_ckpt(out, ckpt_dir, last_step, sigterm_at=None):
              reasons=list(coord.stop_reasons))
 
 
+def scenario_preempt_fused(out, ckpt_dir):
+  """4-step calls, checks every 10 steps; process 1 alone gets SIGTERM in
+  its data loading after step 8, just before the call that ends at the
+  check step 10."""
+  import signal
+  state, train_step, batch_for = make_job()
+
+  def batches(n, first):
+    if jax.process_index() == 1 and first == 9:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return jax.numpy.stack([batch_for(first + i) for i in range(n)])
+
+  saver = jh.CheckpointSaverHook(ckpt_dir)
+  coord = jh.DistributedCoordinator(check_every_n_steps=10, timeout_secs=60)
+  step = jh.wrap(train_step, coord=coord, steps_per_call=4, hooks=[
+      jh.StopAtStepHook(last_step=30), saver])
+  state = step.begin(state)
+  calls, stop = [], False
+  while not stop:
+    start = step.step
+    state, _, stop = step(state, batches(step.steps_next_call, start + 1))
+    calls.append([start, step.step])
+  step.end(state)
+  out.update(calls=calls, saved=saver.all_steps(), final=step.step,
+             reasons=list(coord.stop_reasons))
+
+
+class FetchLoss(jh.SessionRunHook):
+  """Reads the loss after every step: the loop waits for each step."""
+
+  def before_run(self, run_context):
+    return jh.RunArgs(fetches="loss")
+
+
+def next_batch(batch_for, step, stuck_at):
+  """Process 1's data loading hangs before step `stuck_at`."""
+  if jax.process_index() == 1 and step == stuck_at:
+    import threading
+    threading.Event().wait()
+  return batch_for(step)
+
+
+def scenario_stuck(out):
+  """Process 1 hangs in its data loading before step 12, alive; process 0
+  waits in step 12's collectives. Checks are far apart (step 1000)."""
+  state, train_step, batch_for = make_job()
+  coord = jh.DistributedCoordinator(check_every_n_steps=1000, timeout_secs=4,
+                                    stall_timeout_secs=6)
+  step = jh.wrap(train_step, coord=coord, hooks=[
+      jh.StopAtStepHook(last_step=50), FetchLoss()])
+  state = step.begin(state)
+  stop = False
+  while not stop:
+    state, _, stop = step(state, next_batch(batch_for, step.step + 1, 12))
+
+
+def scenario_killed(out, wait_in):
+  """Process 1 publishes its pid after step 6 and waits; process 0 kills it
+  with SIGKILL after its step 6. Then process 0 waits in the check of step
+  10 (`wait_in` "check"), or in step 7's collectives ("step": it reads the
+  loss after every step)."""
+  import signal
+  import threading
+  from jaxhooks.distributed import distributed_client
+  client = distributed_client()
+  state, train_step, batch_for = make_job()
+
+  def after_run(ctx, values):
+    if jax.process_index() == 1 and ctx.step == 6:
+      client.key_value_set("victim", str(os.getpid()))
+      threading.Event().wait()
+    if jax.process_index() == 0 and ctx.step == 6:
+      os.kill(int(client.blocking_key_value_get("victim", 60_000)),
+              signal.SIGKILL)
+  coord = jh.DistributedCoordinator(check_every_n_steps=5, timeout_secs=4)
+  hooks = [jh.StopAtStepHook(last_step=50), jh.LambdaHook(after_run=after_run)]
+  if wait_in == "step":
+    hooks.append(FetchLoss())
+  step = jh.wrap(train_step, coord=coord, hooks=hooks)
+  run(step, state, batch_for)   # raises CoordinationTimeoutError, or hangs
+
+
 class Stream:
   """Process i's data stream: it moves i + 1 items per batch, so the two
   processes are at different positions."""

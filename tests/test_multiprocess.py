@@ -27,7 +27,11 @@ def spawn(commands, *, timeout=120):
   """Runs one command per process; returns (return codes, outputs). The
   outputs go to files, so that no process blocks on a full pipe while the
   others wait for it; whatever still runs at the deadline is killed."""
-  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
+  # The processes import this checkout's jaxhooks, not an installed one.
+  root = str(pathlib.Path(__file__).parents[1])
+  path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+  env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": path}
   with contextlib.ExitStack() as stack:
     logs = [stack.enter_context(tempfile.TemporaryFile("w+"))
             for _ in commands]
@@ -182,3 +186,70 @@ def test_multiprocess_digits_example_trains_and_resumes(tmp_path):
   outs = job(120)
   assert "Restored the checkpoint of step 80" in outs[0]
   assert "trained to step 120" in outs[0]
+
+
+def test_sigterm_on_one_process_of_a_fused_loop_saves_the_check_step(
+    tmp_path):
+  # Items 7 and 9: process 1 alone gets SIGTERM after step 8, just before
+  # the call that ends at the check step 10. Both processes keep the same
+  # 4-step calls, share the notice at step 10, save it and exit cleanly.
+  r = run_job("preempt_fused", tmp_path, tmp_path / "ckpt")
+  assert r[0]["calls"] == r[1]["calls"] == [[0, 4], [4, 8], [8, 10]]
+  assert r[0]["saved"] == r[1]["saved"] == [10]
+  assert r[0]["final"] == r[1]["final"] == 10
+
+
+def outputs_of(scenario, tmp_path, *args, timeout):
+  """Runs a job whose processes end without results; returns their return
+  codes, their outputs and the seconds the job took."""
+  port = _free_port()
+  start = time.monotonic()
+  rcs, outs = spawn([
+      [sys.executable, str(WORKER), scenario, str(i), "2", str(port),
+       str(tmp_path), *args] for i in range(2)], timeout=timeout)
+  return rcs, outs, time.monotonic() - start
+
+
+def test_a_stuck_peer_ends_both_processes_with_a_clear_error(tmp_path):
+  # Item 6: process 1 hangs in its data loading before step 12; process 0
+  # waits in step 12's collectives and no check comes before step 1000.
+  # Both watchdogs end their process after 6 s without a step.
+  rcs, outs, secs = outputs_of("stuck", tmp_path, timeout=120)
+  assert rcs == [75, 75], "\n".join(o[-3000:] for o in outs)
+  assert secs < 90
+  stall = ("StallError: Process {} made no progress for 6 s after step 11 "
+           "(`stall_timeout_secs`=6): its main thread is in ")
+  line0 = next(l for l in outs[0].splitlines() if "StallError" in l)
+  line1 = next(l for l in outs[1].splitlines() if "StallError" in l)
+  assert stall.format(0) in line0 and stall.format(1) in line1
+  assert "called from `_read` (jaxhooks/runner.py:" in line0
+  assert "The other processes: process 1: step 11, in `wait` (" in line0
+  assert "called from `next_batch` (tests/mp_worker.py:" in line0
+  assert "called from `next_batch` (tests/mp_worker.py:" in line1
+  assert line0.endswith("; ending the process instead of hanging. "
+                        "(exit code 75)")
+
+
+@pytest.mark.parametrize("wait_in", ["check", "step"])
+def test_a_sigkilled_peer_gives_the_coordination_error_and_a_prompt_exit(
+    tmp_path, wait_in):
+  # Item 8: process 0 kills process 1 (SIGKILL) after step 6, then waits in
+  # the check of step 10, or in step 7's collectives. Either way it reports
+  # CoordinationTimeoutError after timeout_secs=4 and exits with code 75 at
+  # once: not aborted by JAX's heartbeat (10 s here, rc -6), not waiting in
+  # jax.distributed's shutdown for the dead peer.
+  rcs, outs, secs = outputs_of("killed", tmp_path, wait_in, timeout=120)
+  assert rcs == [75, -9], "\n".join(o[-3000:] for o in outs)
+  assert secs < 60
+  error = ("CoordinationTimeoutError: Process 1 did not arrive at the check "
+           "of step 10 within 4 s (")
+  if wait_in == "check":
+    assert "jaxhooks.errors." + error in outs[0]
+  else:
+    line = next(l for l in outs[0].splitlines() if error in l)
+    assert line.startswith("CRITICAL:jaxhooks:" + error + "no heartbeat from "
+                           "it since its step ")
+    assert ("; this process is at step 6, its main thread in `_value` ("
+            in line)
+    assert "called from `_read` (jaxhooks/runner.py:" in line
+    assert line.endswith("); stopping instead of hanging. (exit code 75)")
