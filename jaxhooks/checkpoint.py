@@ -30,6 +30,7 @@ of the hooks placed before it: put it after hooks whose counters it saves
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -153,6 +154,9 @@ class CheckpointSaverHook(Hook):
         checkpoint_dir, "__fspath__"):
       raise TypeError("`checkpoint_dir` must be a path, got "
                       f"{checkpoint_dir!r}.")
+    if not str(os.fspath(checkpoint_dir)).strip():
+      raise ValueError("`checkpoint_dir` must name a directory, got "
+                       f"{checkpoint_dir!r}.")
     if save_steps is not None and save_secs is not None:
       raise ValueError(
           "At most one of `save_steps` and `save_secs` may be given, got "
@@ -353,8 +357,12 @@ class CheckpointSaverHook(Hook):
         run_values.results["finite"]), metrics=metrics)
     if preempted:
       self.wait_until_finished()
-      log.warning("Preemption notice (%s): saved step %d, stopping.",
-                  self._notice.signal_name, step)
+      if self._notice.received:
+        log.warning("Preemption notice (%s): saved step %d, stopping.",
+                    self._notice.signal_name, step)
+      else:
+        log.warning("Preemption agreed with the other processes (the notice "
+                    "came to another one): saved step %d, stopping.", step)
       run_context.request_stop(deterministic=True)  # an agreed step
     if not saved:  # non-finite: a global value, the same on every process
       run_context.request_stop(deterministic=True)
