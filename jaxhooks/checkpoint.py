@@ -94,6 +94,7 @@ class CheckpointSaverHook(Hook):
     best_metric: keep the ``max_to_keep`` best checkpoints by this output of
       the step (read on save steps) instead of the latest ones; the latest
       checkpoint is always kept too, so that a restart resumes from it.
+      A NaN value never counts as better: it ranks last.
     best_mode: ``"min"`` or ``"max"`` for ``best_metric``.
     save_on_start: save the state training starts from (TF1 saved it in
       ``after_create_session``), unless that step is already on disk.

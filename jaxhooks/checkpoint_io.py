@@ -20,7 +20,9 @@ logging hooks on process 0 only) does not shift the keys.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
+import math
 import os
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -54,14 +56,15 @@ def make_manager(directory: str, *, max_to_keep: Optional[int],
 
   Retention keeps the union of: the ``max_to_keep`` latest checkpoints (or,
   with ``best_metric``, the ``max_to_keep`` best ones and the latest one,
-  from which a restart resumes), and every step that is a multiple of
-  ``keep_period``.
+  from which a restart resumes; a NaN metric ranks last), and every step
+  that is a multiple of ``keep_period``.
   """
   keep = ocp.checkpoint_managers.preservation_policy
   best_fn = None
   policies = []
   if best_metric is not None:
-    best_fn = lambda metrics: float(metrics[best_metric])  # noqa: E731
+    best_fn = functools.partial(_rank, best_metric,
+                                math.inf if best_mode == "min" else -math.inf)
     policies += [keep.LatestN(n=1), keep.BestN(
         get_metric_fn=best_fn, reverse=best_mode == "min", n=max_to_keep,
         keep_checkpoints_without_metrics=True)]
@@ -87,6 +90,20 @@ def make_manager(directory: str, *, max_to_keep: Optional[int],
                       primary_host=None))}
   return ocp.CheckpointManager(directory, options=options,
                                item_handlers=handlers)
+
+
+def _rank(name: str, worst: float, metrics: Mapping[str, Any]) -> float:
+  """The value retention ranks a checkpoint by: its metric ``name``, with
+  NaN (which compares as neither better nor worse, and so would scramble
+  the ranking) as the ``worst`` value: a NaN never counts as better.
+
+  Example:
+    >>> _rank("loss", math.inf, {"loss": 0.5}), _rank("loss", math.inf,
+    ...                                                {"loss": math.nan})
+    (0.5, inf)
+  """
+  value = float(metrics[name])
+  return worst if math.isnan(value) else value
 
 
 def data_filename(process_index: int) -> str:

@@ -81,3 +81,27 @@ def test_an_agreed_preemption_says_where_the_notice_came_from(tmp_path,
   assert [r.getMessage() for r in caplog.records] == [
       "Preemption agreed with the other processes (the notice came to "
       "another one): saved step 5, stopping."]
+
+
+# -- 4: a NaN metric never counts as better ---------------------------------
+
+
+def scripted(losses):
+  """A step whose loss at step s is losses[s - 1]."""
+  table = jnp.asarray(losses, jnp.float32)
+  return jax.jit(lambda s, b: ({**s, "step": s["step"] + 1},
+                               {"loss": table[s["step"]]}))
+
+
+@pytest.mark.parametrize("mode, sign", [("min", 1.0), ("max", -1.0)])
+def test_best_metric_ranks_a_nan_metric_last(tmp_path, mode, sign):
+  # Saved at steps 2, 4, ..., 12 with losses 5, 3, NaN, 4, 2, 6: the best two
+  # are steps 10 (2) and 4 (3); 12 is the latest.
+  losses = [0.0] * 12
+  for s, loss in zip(range(2, 13, 2), [5, 3, np.nan, 4, 2, 6]):
+    losses[s - 1] = sign * loss
+  train([jh.StopAtStepHook(last_step=12),
+         jh.CheckpointSaverHook(tmp_path, save_steps=2, max_to_keep=2,
+                                best_metric="loss", best_mode=mode)],
+        train_step=scripted(losses))
+  assert on_disk(tmp_path) == [4, 10, 12]
