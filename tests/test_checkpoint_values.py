@@ -105,3 +105,75 @@ def test_best_metric_ranks_a_nan_metric_last(tmp_path, mode, sign):
                                 best_metric="loss", best_mode=mode)],
         train_step=scripted(losses))
   assert on_disk(tmp_path) == [4, 10, 12]
+
+
+# -- 10 and the JSON of hook states -----------------------------------------
+
+
+def _strict_json(path, step):
+  """The hooks item of a checkpoint, read as strict JSON (no NaN)."""
+  def refuse(constant):
+    raise ValueError(f"not JSON: {constant}")
+  with open(os.path.join(path, str(step), "hooks", "metadata")) as f:
+    return json.loads(f.read(), parse_constant=refuse)
+
+
+def _early_stopping_run(tmp_path, last_step=100):
+  # Checked every 5 steps: 15, 10, 5, 0, then 0 for ever; with patience 4
+  # the checks of steps 25, 30, 35 and 40 do not improve: stop at 40.
+  es = jh.EarlyStoppingHook("loss", patience=4, every_n_iter=5)
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=20)
+  losses = [max(0.0, 20.0 - s) for s in range(1, last_step + 1)]
+  _, step = train([jh.StopAtStepHook(last_step=last_step), es, saver],
+                  train_step=scripted(losses))
+  return step.step, es, saver
+
+
+def test_a_restart_from_an_early_stop_trains_zero_steps(tmp_path):
+  assert _early_stopping_run(tmp_path)[0] == 40
+  assert on_disk(tmp_path) == [20, 40]
+  for _ in range(2):    # every restart: restored at 40, stopped at 40
+    stopped_at, es, saver = _early_stopping_run(tmp_path)
+    assert (stopped_at, saver.restored_step) == (40, 40)
+    assert (es.stopped_step, es.wait, es.best, es.best_step) == (
+        40, 4, 0.0, 20)
+    assert on_disk(tmp_path) == [20, 40]
+
+
+def test_a_restart_with_more_patience_trains_on(tmp_path):
+  _early_stopping_run(tmp_path)
+  es = jh.EarlyStoppingHook("loss", patience=6, every_n_iter=5)
+  _, step = train([jh.StopAtStepHook(last_step=100), es,
+                   jh.CheckpointSaverHook(tmp_path, save_steps=20)],
+                  train_step=scripted([0.0] * 100))
+  assert (step.step, es.stopped_step, es.wait) == (50, 50, 6)
+
+
+def test_early_stopping_state_is_valid_json_and_reads_back(tmp_path):
+  # Saved at step 2, before the first check (step 5): no best value yet.
+  es = jh.EarlyStoppingHook("loss", patience=4, every_n_iter=5)
+  train([jh.StopAtStepHook(last_step=2), es, jh.CheckpointSaverHook(tmp_path)],
+        train_step=scripted([1.0] * 10))
+  assert _strict_json(tmp_path, 2)["EarlyStoppingHook:0"] == {
+      "best": None, "best_step": -1, "wait": 0, "stopped_step": -1,
+      "last_step": -1}
+  again = jh.EarlyStoppingHook("loss", patience=4, every_n_iter=5)
+  train([jh.StopAtStepHook(last_step=2), again,
+         jh.CheckpointSaverHook(tmp_path)])
+  assert (again.best, again.best_step, again.stopped_step) == (None, None,
+                                                               None)
+
+
+def test_non_finite_floats_in_hook_states_are_valid_json(tmp_path):
+  # A loss of -inf is the best value in 'min' mode: it is saved as JSON and
+  # comes back as -inf.
+  es = jh.EarlyStoppingHook("loss", patience=4)
+  train([jh.StopAtStepHook(last_step=3), es, jh.CheckpointSaverHook(tmp_path)],
+        train_step=scripted([1.0, -np.inf, 2.0]))
+  assert es.best == -np.inf
+  assert _strict_json(tmp_path, 3)["EarlyStoppingHook:0"]["best"] == {
+      "__float__": "-inf"}
+  again = jh.EarlyStoppingHook("loss", patience=4)
+  train([jh.StopAtStepHook(last_step=3), again,
+         jh.CheckpointSaverHook(tmp_path)])
+  assert (again.best, again.best_step, again.wait) == (-np.inf, 2, 1)
