@@ -114,6 +114,11 @@ class CheckpointSaverHook(Hook):
       grain's are); its position is saved with the state and restored.
     data_state: instead of ``data_iterator``, a pair of functions
       ``(get_state, set_state)``.
+    restore_dtypes: ``"exact"``: a saved leaf whose dtype differs from the
+      state's is a ``CheckpointMismatchError`` naming the leaves (a float32
+      checkpoint is not truncated into an int32 state); ``"cast"``: the
+      saved values are cast to the state's dtypes (to restore a float32
+      run into a bfloat16 state, say).
     clock: time source for ``save_secs`` (tests inject one).
 
   Example:
@@ -150,6 +155,7 @@ class CheckpointSaverHook(Hook):
                save_on_exception: bool = False, on_nonfinite: str = "raise",
                data_iterator: Any = None,
                data_state: Optional[Tuple[Callable, Callable]] = None,
+               restore_dtypes: str = "exact",
                clock: Optional[Clock] = None):
     if not isinstance(checkpoint_dir, str) and not hasattr(
         checkpoint_dir, "__fspath__"):
@@ -174,6 +180,10 @@ class CheckpointSaverHook(Hook):
     if best_metric is not None and not isinstance(best_metric, str):
       raise ValueError("`best_metric` must be the name of an output, got "
                        f"{best_metric!r}.")
+    if restore_dtypes not in ("exact", "cast"):
+      raise ValueError("`restore_dtypes` must be 'exact' or 'cast', got "
+                       f"{restore_dtypes!r}.")
+    self._restore_dtypes = restore_dtypes
     if on_nonfinite not in ("raise", "stop"):
       raise ValueError("`on_nonfinite` must be 'raise' or 'stop', got "
                        f"{on_nonfinite!r}.")
@@ -274,7 +284,8 @@ class CheckpointSaverHook(Hook):
     if step is None:
       return None
     restored, hook_states, data = restore_checkpoint(
-        self._writes.manager, step, state, with_data=self._data is not None)
+        self._writes.manager, step, state, with_data=self._data is not None,
+        cast_dtypes=self._restore_dtypes == "cast")
     cio.load_hook_states(self._hooks, hook_states)
     if self._data is not None and data is not None:
       self._data[1](data)

@@ -10,6 +10,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import jaxhooks as jh
@@ -177,3 +178,168 @@ def test_non_finite_floats_in_hook_states_are_valid_json(tmp_path):
   train([jh.StopAtStepHook(last_step=3), again,
          jh.CheckpointSaverHook(tmp_path)])
   assert (again.best, again.best_step, again.wait) == (-np.inf, 2, 1)
+
+
+# -- 11, 12: dtypes and structures are checked before any array is read ----
+
+
+def _saved_once(tmp_path, state):
+  """A checkpoint of ``state`` at step 1."""
+  step_1 = jax.jit(lambda s, b: ({**s, "step": s["step"] + 1}, {}))
+  train([jh.StopAtStepHook(last_step=1), jh.CheckpointSaverHook(tmp_path)],
+        state, train_step=step_1)
+  return step_1
+
+
+def test_a_dtype_mismatch_is_refused_unless_a_cast_is_asked(tmp_path):
+  step_1 = _saved_once(tmp_path, {"w": jnp.asarray([1.7, -2.5]),
+                                  "step": jnp.array(0)})
+  ints = {"w": jnp.zeros(2, jnp.int32), "step": jnp.array(0)}
+  step = jh.wrap(step_1, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  with pytest.raises(jh.CheckpointMismatchError) as info:
+    step.begin(ints)
+  assert str(info.value) == (
+      f"The checkpoint of step 1 in '{tmp_path / '1'}' does not match the "
+      "structure of `state`: w: dtype int32 in the state, float32 in the "
+      "checkpoint; pass `restore_dtypes='cast'` to cast the saved values.")
+  cast = jh.wrap(step_1, hooks=[jh.CheckpointSaverHook(
+      tmp_path, restore_dtypes="cast")])
+  restored = cast.begin(ints)
+  assert restored["w"].dtype == jnp.int32 and restored["w"].tolist() == [1, -2]
+  cast.end(restored)
+  with pytest.raises(ValueError, match=r"^`restore_dtypes` must be 'exact' "
+                     r"or 'cast', got 'float'\.$"):
+    jh.CheckpointSaverHook(tmp_path, restore_dtypes="float")
+
+
+@pytest.mark.parametrize("saved, given, diff", [
+    ({"e": {}}, {}, "only in the checkpoint: e"),
+    ({}, {"e": {}}, "missing in the checkpoint: e"),
+    ({"n": None}, {}, "only in the checkpoint: n"),
+    ({}, {"n": None}, "missing in the checkpoint: n"),
+    ({"n": None}, {"n": jnp.ones(1)},
+     "n: an array in the state, None in the checkpoint"),
+])
+def test_an_empty_node_difference_is_a_mismatch_not_corruption(
+    tmp_path, saved, given, diff):
+  base = {"w": jnp.ones(2), "step": jnp.array(0)}
+  step_1 = _saved_once(tmp_path, {**base, **saved})
+  step = jh.wrap(step_1, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  with pytest.raises(jh.CheckpointMismatchError) as info:
+    step.begin({**base, **given})
+  assert str(info.value) == (
+      f"The checkpoint of step 1 in '{tmp_path / '1'}' does not match the "
+      f"structure of `state`: {diff}.")
+  assert "corrupted" not in str(info.value)
+
+
+def test_none_and_an_empty_dict_restore_into_each_other(tmp_path):
+  base = {"w": jnp.ones(2), "step": jnp.array(0)}
+  step_1 = _saved_once(tmp_path, {**base, "n": None})
+  restored, step = train([jh.CheckpointSaverHook(tmp_path),
+                          jh.StopAtStepHook(last_step=1)],
+                         {**base, "n": {}}, train_step=step_1)
+  assert step.step == 1 and restored["n"] == {}
+
+
+@pytest.mark.parametrize("probe_reads", [False, True])
+def test_a_failed_restore_is_corruption_only_if_the_files_do_not_read(
+    tmp_path, monkeypatch, probe_reads):
+  # The metadata reads and matches; the restore into the state fails. The
+  # checkpoint is called corrupted only if a restore of the saved tree as
+  # it is (no target) fails too.
+  _saved_once(tmp_path, {"w": jnp.ones(2), "step": jnp.array(0)})
+  real = ocp.CheckpointManager.restore
+  calls = []
+
+  def restore(self, step, args=None):
+    target = args["state"].item
+    calls.append(target is None)
+    if target is None and probe_reads:
+      return real(self, step, args=args)
+    raise OSError("injected read error")
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
+  step = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  with pytest.raises(jh.CheckpointError) as info:
+    step.begin(dict_state(w=(1.0, 1.0)))
+  assert calls == [False, True]
+  where = f"The checkpoint of step 1 in '{tmp_path / '1'}'"
+  if probe_reads:
+    assert isinstance(info.value, jh.CheckpointMismatchError)
+    assert str(info.value) == (
+        f"{where} is readable but could not be restored into `state` "
+        "(OSError: injected read error).")
+  else:
+    assert not isinstance(info.value, jh.CheckpointMismatchError)
+    assert str(info.value) == (
+        f"{where} is corrupted: its files cannot be read (OSError: injected "
+        "read error). Delete that directory to resume from the previous "
+        "checkpoint (steps on disk: [1]).")
+
+
+# -- 21: typed PRNG keys resume bit-identically ------------------------------
+
+
+@jax.jit
+def key_step(state, batch):
+  key, sub = jax.random.split(state["key"])
+  w = state["w"] + jax.random.normal(sub, (2,)) * batch
+  return {"key": key, "w": w, "step": state["step"] + 1}, {}
+
+
+def _resumed(tmp_path, train_step, state, *, stop_first, last_step):
+  """(state after a run to stop_first and a resume to last_step, state of
+  an uninterrupted run to last_step)."""
+  train([jh.StopAtStepHook(last_step=stop_first),
+         jh.CheckpointSaverHook(tmp_path, save_steps=2)], state,
+        train_step=train_step)
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=2)
+  resumed, step = train([jh.StopAtStepHook(last_step=last_step), saver],
+                        state, train_step=train_step)
+  assert saver.restored_step == stop_first and step.step == last_step
+  whole, _ = train([jh.StopAtStepHook(last_step=last_step)], state,
+                   train_step=train_step)
+  return resumed, whole
+
+
+def test_a_state_with_a_typed_prng_key_resumes_bit_identically(tmp_path):
+  state = {"key": jax.random.key(7), "w": jnp.zeros(2), "step": jnp.array(0)}
+  resumed, whole = _resumed(tmp_path, key_step, state, stop_first=3,
+                            last_step=6)
+  assert resumed["key"].dtype == state["key"].dtype
+  assert (np.asarray(jax.random.key_data(resumed["key"])).tobytes()
+          == np.asarray(jax.random.key_data(whole["key"])).tobytes())
+  assert np.asarray(resumed["w"]).tobytes() == np.asarray(whole["w"]).tobytes()
+
+
+def test_an_nnx_model_with_rngs_resumes_bit_identically(tmp_path):
+  nnx = pytest.importorskip("flax.nnx")
+
+  class Model(nnx.Module):
+
+    def __init__(self, rngs):
+      self.lin = nnx.Linear(2, 1, rngs=rngs)
+      self.rngs = rngs
+
+  graphdef, params = nnx.split(Model(nnx.Rngs(0, noise=1)))
+
+  @jax.jit
+  def nnx_step(state, batch):
+    model = nnx.merge(graphdef, state["model"])
+    noise = jax.random.normal(model.rngs.noise(), (2, 1))
+    model.lin.kernel[...] = model.lin.kernel[...] + noise * batch[:, None]
+    return {"model": nnx.state(model), "step": state["step"] + 1}, {}
+
+  state = {"model": params, "step": jnp.array(0)}
+  resumed, whole = _resumed(tmp_path, nnx_step, state, stop_first=3,
+                            last_step=6)
+  a, b = nnx.merge(graphdef, resumed["model"]), nnx.merge(graphdef,
+                                                          whole["model"])
+  assert int(a.rngs.noise.count[...]) == 6
+  for got, want in [(a.rngs.noise.key[...], b.rngs.noise.key[...]),
+                    (a.rngs.default.key[...], b.rngs.default.key[...])]:
+    assert (np.asarray(jax.random.key_data(got)).tobytes()
+            == np.asarray(jax.random.key_data(want)).tobytes())
+  assert (np.asarray(a.lin.kernel[...]).tobytes()
+          == np.asarray(b.lin.kernel[...]).tobytes())
+  assert int(a.rngs.noise.count[...]) == int(b.rngs.noise.count[...])
