@@ -108,8 +108,14 @@ class CheckpointSaverHook(Hook):
       state (if finite and not already saved). A state donated to the failed
       step call (``jax.jit(..., donate_argnums=0)``) is gone and cannot be
       saved: the hook then says so and keeps the last checkpoint.
-    on_nonfinite: a save of a state with NaN or inf is refused; ``"raise"``
-      raises ``NonFiniteStateError``, ``"stop"`` logs and stops training.
+    on_nonfinite: a save of a state with NaN or inf is refused. While
+      training runs, ``"raise"`` raises ``NonFiniteStateError`` and
+      ``"stop"`` logs an error and stops training. A session that is
+      already stopping (the final save in ``end``, an exception, a save on
+      the step at which a stop was requested, such as that of
+      ``NanTensorHook(fail_on_nan_loss=False)``) ends cleanly either way:
+      the non-finite state is not saved, an error is logged and the last
+      good checkpoint stays the latest.
     data_iterator: an iterator with ``get_state()``/``set_state(state)`` (as
       grain's are); its position is saved with the state and restored.
     data_state: instead of ``data_iterator``, a pair of functions
@@ -365,8 +371,12 @@ class CheckpointSaverHook(Hook):
     if self._best_metric is not None:
       metrics = {self._best_metric: self._metric(run_values.results["metric"])}
     session = run_context.session._replace(state=state, step=step)
+    # Whether the loop stops after this step, as every process sees it.
+    coord = self._coord
+    stopping = coord.should_stop() or run_context.stop_requested and (
+        coord.process_count == 1 or not run_context.local_stop_requested)
     saved, stop = self._save(session, finite=bool(
-        run_values.results["finite"]), metrics=metrics)
+        run_values.results["finite"]), metrics=metrics, stopping=stopping)
     if preempted:
       self.wait_until_finished()
       if self._notice.received:
@@ -389,7 +399,7 @@ class CheckpointSaverHook(Hook):
     try:
       if session.step != self.last_saved_step:
         self._save(session, finite=None, metrics=self._end_metrics(session),
-                   last=True)
+                   last=True, stopping=True)
       self.wait_until_finished()
       for listener in self._listeners:
         listener.end(session, session.step)
@@ -424,7 +434,7 @@ class CheckpointSaverHook(Hook):
                    + ".")
         else:
           self._save(session, finite=None, metrics=None, last=True,
-                     failing=True)
+                     stopping=True)
     except Exception as e:  # report, but keep the original exception
       add_note(exc, e)
     self._close(exc)
@@ -448,14 +458,18 @@ class CheckpointSaverHook(Hook):
 
   def _save(self, session: Session, *, finite: Optional[bool],
             metrics: Optional[dict], last: bool = False,
-            failing: bool = False) -> Tuple[bool, bool]:
+            stopping: bool = False) -> Tuple[bool, bool]:
     """Saves ``session.state`` at ``session.step`` (``last``: no step
-    call follows); returns ``(saved, stop_requested_by_a_listener)``."""
+    call follows); returns ``(saved, stop_requested_by_a_listener)``.
+
+    A non-finite state is never saved: while the loop is ``stopping``
+    (``end``, an exception, a stop already requested) it is skipped with an
+    error log; else ``on_nonfinite`` says whether to raise."""
     step = session.step
     if finite is None:
       finite = bool(jax.device_get(cio.all_finite(session.state)))
     if not finite:
-      if self._on_nonfinite == "raise" and not failing:
+      if self._on_nonfinite == "raise" and not stopping:
         error = NonFiniteStateError(step, self.checkpoint_dir)
         leaf = cio.first_nonfinite_leaf(session.state)
         if leaf is not None:

@@ -343,3 +343,51 @@ def test_an_nnx_model_with_rngs_resumes_bit_identically(tmp_path):
   assert (np.asarray(a.lin.kernel[...]).tobytes()
           == np.asarray(b.lin.kernel[...]).tobytes())
   assert int(a.rngs.noise.count[...]) == int(b.rngs.noise.count[...])
+
+
+# -- 15: a session stopped because of a non-finite value ends cleanly ------
+
+
+def _nan_at_3(state, batch):
+  return dict_step(state, jnp.where(state["step"] == 2, jnp.nan, batch))
+
+
+@pytest.mark.parametrize("save_steps, kept", [(2, [2]), (3, [])])
+def test_log_and_stop_on_nan_ends_cleanly_without_a_non_finite_save(
+    tmp_path, caplog, save_steps, kept):
+  # save_steps=3: the periodic save falls on the step the NaN is seen at.
+  caplog.set_level(logging.WARNING, logger="jaxhooks")
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=save_steps)
+  final, step = train([jh.StopAtStepHook(last_step=9),
+                       jh.NanTensorHook("loss", fail_on_nan_loss=False,
+                                        every_n_iter=1), saver],
+                      train_step=jax.jit(_nan_at_3))
+  assert step.step == 3 and np.isnan(np.asarray(final["w"])).all()
+  assert on_disk(tmp_path) == kept
+  last = kept[-1] if kept else None
+  assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+      ("WARNING", "Model diverged with loss = nan at step 3; stopping."),
+  ] + [("ERROR", "Not saving the non-finite train state of step 3; the last "
+        f"checkpoint (step {last}) is kept.")] * (1 + (save_steps == 3))
+
+
+def test_the_final_save_of_a_non_finite_state_is_skipped_not_raised(
+    tmp_path, caplog):
+  # No hook looks at the loss: the loop reaches last_step with a NaN state.
+  caplog.set_level(logging.ERROR, logger="jaxhooks")
+  listener_calls = []
+
+  class Ends(jh.CheckpointSaverListener):
+
+    def end(self, session, global_step_value):
+      listener_calls.append(global_step_value)
+
+  final, step = train([jh.StopAtStepHook(last_step=4),
+                       jh.CheckpointSaverHook(tmp_path, save_steps=2,
+                                              listeners=[Ends()])],
+                      train_step=jax.jit(_nan_at_3))
+  assert step.step == 4 and on_disk(tmp_path) == [2]
+  assert listener_calls == [4]
+  assert [r.getMessage() for r in caplog.records] == [
+      "Not saving the non-finite train state of step 4; the last checkpoint "
+      "(step 2) is kept."] * 2   # the save of step 4, and the final one
