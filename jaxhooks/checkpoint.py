@@ -41,7 +41,7 @@ from jaxhooks import process_exit
 from jaxhooks import scalars
 from jaxhooks.checkpoint_listener import CheckpointSaverListener
 from jaxhooks.checkpoint_lock import DirectoryLock
-from jaxhooks.checkpoint_restore import restore_checkpoint
+from jaxhooks.checkpoint_restore import check_foreign, restore_checkpoint
 from jaxhooks.checkpoint_writes import CheckpointWrites, add_note
 from jaxhooks.errors import LifecycleError, NonFiniteStateError
 from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
@@ -125,6 +125,14 @@ class CheckpointSaverHook(Hook):
       checkpoint is not truncated into an int32 state); ``"cast"``: the
       saved values are cast to the state's dtypes (to restore a float32
       run into a bfloat16 state, say).
+    foreign_checkpoints: when ``checkpoint_dir`` holds no jaxhooks
+      checkpoint but checkpoints of another tool (a Flax
+      ``checkpoint_220``, a TF ``model.ckpt-1000.index``, a directory of
+      Orbax files): ``"raise"`` a ``CheckpointError`` naming them at
+      ``begin``, before any training; ``"warn"``: log a warning naming them
+      and train from the state given to ``begin``. To import such a
+      checkpoint, restore it into the state yourself and hand that state
+      (its step included) to ``begin`` with ``"warn"``.
     clock: time source for ``save_secs`` (tests inject one).
 
   Example:
@@ -162,6 +170,7 @@ class CheckpointSaverHook(Hook):
                data_iterator: Any = None,
                data_state: Optional[Tuple[Callable, Callable]] = None,
                restore_dtypes: str = "exact",
+               foreign_checkpoints: str = "raise",
                clock: Optional[Clock] = None):
     if not isinstance(checkpoint_dir, str) and not hasattr(
         checkpoint_dir, "__fspath__"):
@@ -190,6 +199,10 @@ class CheckpointSaverHook(Hook):
       raise ValueError("`restore_dtypes` must be 'exact' or 'cast', got "
                        f"{restore_dtypes!r}.")
     self._restore_dtypes = restore_dtypes
+    if foreign_checkpoints not in ("raise", "warn"):
+      raise ValueError("`foreign_checkpoints` must be 'raise' or 'warn', got "
+                       f"{foreign_checkpoints!r}.")
+    self._foreign = foreign_checkpoints
     if on_nonfinite not in ("raise", "stop"):
       raise ValueError("`on_nonfinite` must be 'raise' or 'stop', got "
                        f"{on_nonfinite!r}.")
@@ -288,6 +301,7 @@ class CheckpointSaverHook(Hook):
     self._hooks = tuple(hooks) or (self,)
     step = self._writes.manager.latest_step()
     if step is None:
+      check_foreign(self.checkpoint_dir, self._foreign)
       return None
     restored, hook_states, data = restore_checkpoint(
         self._writes.manager, step, state, with_data=self._data is not None,

@@ -16,17 +16,20 @@ fails too. Only then does the error advise deleting the step directory
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Dict, List, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxhooks.checkpoint_io import DATA, HOOKS, STATE, data_filename, from_json
 from jaxhooks.errors import CheckpointError, CheckpointMismatchError
 
-__all__ = ["restore_checkpoint", "structure_diff"]
+__all__ = ["restore_checkpoint", "structure_diff", "foreign_checkpoints",
+           "check_foreign"]
 
 log = logging.getLogger("jaxhooks")
 
@@ -196,3 +199,71 @@ def _corrupted(manager: ocp.CheckpointManager, step: int, where: str,
       f"The checkpoint of step {step} in {where!r} is corrupted: {how} "
       f"({type(e).__name__}: {e}). Delete that directory to resume from the "
       f"previous checkpoint (steps on disk: {list(manager.all_steps())}).")
+
+
+# Names of checkpoints written by other tools: Flax's ``checkpoint_220``,
+# TensorFlow's ``model.ckpt-1000.index`` and ``checkpoint``, ``step_100``.
+_FOREIGN_NAME = re.compile(r"(?i)ckpt|checkpoint|^[a-z]+[-_]\d+$")
+# jaxhooks' own partial writes (``12.orbax-checkpoint-tmp-...``).
+_OWN_PARTIAL = re.compile(r"^\d+\.orbax-checkpoint-tmp")
+# Files inside a directory that make it an Orbax, Flax or TF checkpoint.
+_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt",
+            "checkpoint", "saved_model.pb")
+
+
+def foreign_checkpoints(directory: str) -> List[str]:
+  """The entries of ``directory`` that look like checkpoints jaxhooks does
+  not read (sorted names): not a step directory of its own, not hidden,
+  and named like a checkpoint or holding checkpoint files. Other files
+  (TensorBoard events, configs) are not listed.
+
+  Example:
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> for name in ("checkpoint_220", "4", "events.out.tfevents.1.host",
+    ...              "exported"):
+    ...   os.makedirs(os.path.join(d, name))
+    >>> open(os.path.join(d, "exported", "_METADATA"), "w").close()
+    >>> foreign_checkpoints(d)
+    ['checkpoint_220', 'exported']
+  """
+  path = epath.Path(directory)
+  if not path.exists():
+    return []
+  found = []
+  for entry in path.iterdir():
+    name = entry.name
+    if (name.startswith(".") or name.isdigit() or name.endswith(".lock")
+        or _OWN_PARTIAL.match(name)):
+      continue
+    if _FOREIGN_NAME.search(name) or (entry.is_dir() and any(
+        (entry / marker).exists() for marker in _MARKERS)):
+      found.append(name)
+  return sorted(found)
+
+
+def check_foreign(directory: str, mode: str) -> None:
+  """For a ``directory`` without jaxhooks checkpoints: raises (``mode``
+  ``"raise"``) or warns (``"warn"``) when it holds checkpoints of another
+  tool, which a run would otherwise silently train and save beside.
+
+  Raises:
+    CheckpointError: naming them and how to import one.
+  """
+  foreign = foreign_checkpoints(directory)
+  if not foreign:
+    return
+  shown = foreign[:8] + (["..."] if len(foreign) > 8 else [])
+  what = (f"`checkpoint_dir` {directory!r} holds checkpoints that jaxhooks "
+          f"does not read ({', '.join(shown)}) and none of its own")
+  if mode == "warn":
+    log.warning("%s; training starts from the given state and saves beside "
+                "them.", what)
+    return
+  raise CheckpointError(
+      f"{what}: training would start from the given state and save beside "
+      "them. To import one, restore it into the state yourself (for example "
+      "with `orbax.checkpoint.StandardCheckpointer().restore(path, target)` "
+      "or Flax's `checkpoints.restore_checkpoint(path, target)`) and hand "
+      "that state to `begin` with `CheckpointSaverHook(..., "
+      "foreign_checkpoints='warn')`; or use another `checkpoint_dir`.")

@@ -391,3 +391,65 @@ def test_the_final_save_of_a_non_finite_state_is_skipped_not_raised(
   assert [r.getMessage() for r in caplog.records] == [
       "Not saving the non-finite train state of step 4; the last checkpoint "
       "(step 2) is kept."] * 2   # the save of step 4, and the final one
+
+
+# -- 24: a directory of another tool's checkpoints is not trained beside ----
+
+
+def _flax_style_run(path):
+  """A directory as a Flax run leaves it: checkpoint_<step> entries (and a
+  TensorBoard file, which is not a checkpoint)."""
+  os.makedirs(path / "checkpoint_220")
+  (path / "checkpoint_220" / "_CHECKPOINT_METADATA").write_text("{}")
+  (path / "checkpoint_110").write_bytes(b"msgpack")
+  (path / "events.out.tfevents.1700000000.host").write_bytes(b"")
+
+
+def test_foreign_checkpoints_are_refused_at_begin(tmp_path):
+  _flax_style_run(tmp_path)
+  calls = []
+  step = jh.wrap(lambda s, b: calls.append(1),
+                 hooks=[jh.CheckpointSaverHook(tmp_path, save_steps=1)])
+  with pytest.raises(jh.CheckpointError) as info:
+    step.begin(dict_state())
+  assert str(info.value) == (
+      f"`checkpoint_dir` '{tmp_path}' holds checkpoints that jaxhooks does "
+      "not read (checkpoint_110, checkpoint_220) and none of its own: "
+      "training would start from the given state and save beside them. To "
+      "import one, restore it into the state yourself (for example with "
+      "`orbax.checkpoint.StandardCheckpointer().restore(path, target)` or "
+      "Flax's `checkpoints.restore_checkpoint(path, target)`) and hand that "
+      "state to `begin` with `CheckpointSaverHook(..., "
+      "foreign_checkpoints='warn')`; or use another `checkpoint_dir`.")
+  assert calls == [] and on_disk(tmp_path) == []
+
+
+def test_an_imported_state_trains_on_with_a_warning_then_resumes(tmp_path,
+                                                                 caplog):
+  caplog.set_level(logging.WARNING, logger="jaxhooks")
+  _flax_style_run(tmp_path)
+  imported = dict_state(step=220, w=(0.5, 0.25))   # restored by the user
+  saver = jh.CheckpointSaverHook(tmp_path, foreign_checkpoints="warn")
+  train([jh.StopAtStepHook(last_step=222), saver], imported)
+  assert on_disk(tmp_path) == [222]
+  assert [r.getMessage() for r in caplog.records] == [
+      f"`checkpoint_dir` '{tmp_path}' holds checkpoints that jaxhooks does "
+      "not read (checkpoint_110, checkpoint_220) and none of its own; "
+      "training starts from the given state and saves beside them."]
+  caplog.clear()   # a restart resumes from jaxhooks' own checkpoint
+  saver = jh.CheckpointSaverHook(tmp_path)
+  _, step = train([jh.StopAtStepHook(last_step=224), saver])
+  assert (saver.restored_step, step.step) == (222, 224)
+  assert caplog.records == []
+  with pytest.raises(ValueError, match=r"^`foreign_checkpoints` must be "
+                     r"'raise' or 'warn', got 'ignore'\.$"):
+    jh.CheckpointSaverHook(tmp_path, foreign_checkpoints="ignore")
+
+
+def test_own_partial_writes_and_other_files_are_not_foreign(tmp_path):
+  os.makedirs(tmp_path / "2.orbax-checkpoint-tmp-17" / "state")
+  (tmp_path / "events.out.tfevents.1700000000.host").write_bytes(b"")
+  (tmp_path / "config.json").write_text("{}")
+  _, step = train([jh.StopAtStepHook(last_step=1),
+                   jh.CheckpointSaverHook(tmp_path)])
+  assert step.step == 1 and on_disk(tmp_path) == [1]
