@@ -191,14 +191,19 @@ def _saved_once(tmp_path, state):
   return step_1
 
 
+def _mismatch(tmp_path, train_step, state):
+  """The message of the CheckpointMismatchError of restoring into state."""
+  step = jh.wrap(train_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  with pytest.raises(jh.CheckpointMismatchError) as info:
+    step.begin(state)
+  return str(info.value)
+
+
 def test_a_dtype_mismatch_is_refused_unless_a_cast_is_asked(tmp_path):
   step_1 = _saved_once(tmp_path, {"w": jnp.asarray([1.7, -2.5]),
                                   "step": jnp.array(0)})
   ints = {"w": jnp.zeros(2, jnp.int32), "step": jnp.array(0)}
-  step = jh.wrap(step_1, hooks=[jh.CheckpointSaverHook(tmp_path)])
-  with pytest.raises(jh.CheckpointMismatchError) as info:
-    step.begin(ints)
-  assert str(info.value) == (
+  assert _mismatch(tmp_path, step_1, ints) == (
       f"The checkpoint of step 1 in '{tmp_path / '1'}' does not match the "
       "structure of `state`: w: dtype int32 in the state, float32 in the "
       "checkpoint; pass `restore_dtypes='cast'` to cast the saved values.")
@@ -224,13 +229,9 @@ def test_an_empty_node_difference_is_a_mismatch_not_corruption(
     tmp_path, saved, given, diff):
   base = {"w": jnp.ones(2), "step": jnp.array(0)}
   step_1 = _saved_once(tmp_path, {**base, **saved})
-  step = jh.wrap(step_1, hooks=[jh.CheckpointSaverHook(tmp_path)])
-  with pytest.raises(jh.CheckpointMismatchError) as info:
-    step.begin({**base, **given})
-  assert str(info.value) == (
+  assert _mismatch(tmp_path, step_1, {**base, **given}) == (
       f"The checkpoint of step 1 in '{tmp_path / '1'}' does not match the "
       f"structure of `state`: {diff}.")
-  assert "corrupted" not in str(info.value)
 
 
 def test_none_and_an_empty_dict_restore_into_each_other(tmp_path):
