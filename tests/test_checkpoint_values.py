@@ -288,26 +288,29 @@ def key_step(state, batch):
   return {"key": key, "w": w, "step": state["step"] + 1}, {}
 
 
-def _resumed(tmp_path, train_step, state, *, stop_first, last_step):
+def _resumed(tmp_path, train_step, new_state, *, stop_first, last_step):
   """(state after a run to stop_first and a resume to last_step, state of
-  an uninterrupted run to last_step)."""
+  an uninterrupted run to last_step); each run starts from new_state()
+  (NNX objects in a state are updated in place)."""
   train([jh.StopAtStepHook(last_step=stop_first),
-         jh.CheckpointSaverHook(tmp_path, save_steps=2)], state,
+         jh.CheckpointSaverHook(tmp_path, save_steps=2)], new_state(),
         train_step=train_step)
   saver = jh.CheckpointSaverHook(tmp_path, save_steps=2)
   resumed, step = train([jh.StopAtStepHook(last_step=last_step), saver],
-                        state, train_step=train_step)
+                        new_state(), train_step=train_step)
   assert saver.restored_step == stop_first and step.step == last_step
-  whole, _ = train([jh.StopAtStepHook(last_step=last_step)], state,
+  whole, _ = train([jh.StopAtStepHook(last_step=last_step)], new_state(),
                    train_step=train_step)
   return resumed, whole
 
 
 def test_a_state_with_a_typed_prng_key_resumes_bit_identically(tmp_path):
-  state = {"key": jax.random.key(7), "w": jnp.zeros(2), "step": jnp.array(0)}
-  resumed, whole = _resumed(tmp_path, key_step, state, stop_first=3,
+  def new_state():
+    return {"key": jax.random.key(7), "w": jnp.zeros(2),
+            "step": jnp.array(0)}
+  resumed, whole = _resumed(tmp_path, key_step, new_state, stop_first=3,
                             last_step=6)
-  assert resumed["key"].dtype == state["key"].dtype
+  assert resumed["key"].dtype == new_state()["key"].dtype
   assert (np.asarray(jax.random.key_data(resumed["key"])).tobytes()
           == np.asarray(jax.random.key_data(whole["key"])).tobytes())
   assert np.asarray(resumed["w"]).tobytes() == np.asarray(whole["w"]).tobytes()
@@ -322,7 +325,7 @@ def test_an_nnx_model_with_rngs_resumes_bit_identically(tmp_path):
       self.lin = nnx.Linear(2, 1, rngs=rngs)
       self.rngs = rngs
 
-  graphdef, params = nnx.split(Model(nnx.Rngs(0, noise=1)))
+  graphdef, _ = nnx.split(Model(nnx.Rngs(0, noise=1)))
 
   @jax.jit
   def nnx_step(state, batch):
@@ -331,8 +334,10 @@ def test_an_nnx_model_with_rngs_resumes_bit_identically(tmp_path):
     model.lin.kernel[...] = model.lin.kernel[...] + noise * batch[:, None]
     return {"model": nnx.state(model), "step": state["step"] + 1}, {}
 
-  state = {"model": params, "step": jnp.array(0)}
-  resumed, whole = _resumed(tmp_path, nnx_step, state, stop_first=3,
+  def new_state():
+    return {"model": nnx.state(Model(nnx.Rngs(0, noise=1))),
+            "step": jnp.array(0)}
+  resumed, whole = _resumed(tmp_path, nnx_step, new_state, stop_first=3,
                             last_step=6)
   a, b = nnx.merge(graphdef, resumed["model"]), nnx.merge(graphdef,
                                                           whole["model"])
