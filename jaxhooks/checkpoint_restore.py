@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from typing import Any, Dict, List, Tuple
 
 import jax
@@ -47,9 +46,18 @@ def _path_str(path: Tuple[Any, ...]) -> Tuple[str, ...]:
 
 
 def _is_empty_node(x: Any) -> bool:
-  """``None`` or an empty container: no leaf, but part of the structure
-  Orbax saves and checks on restore."""
-  return x is None or (isinstance(x, (Mapping, list, tuple)) and not x)
+  """``None`` or a pytree node without children (an empty container, the
+  empty state object of a Flax NNX module): no leaf, but part of the
+  structure Orbax saves and checks on restore."""
+  if x is None:
+    return True
+  if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+    return False
+  try:
+    children, _ = jax.tree_util.flatten_one_level(x)
+  except ValueError:   # a leaf
+    return False
+  return not list(children)
 
 
 def _leaves_by_path(tree: Any) -> Dict[Tuple[str, ...], Any]:
