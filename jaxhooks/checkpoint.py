@@ -30,6 +30,7 @@ of the hooks placed before it: put it after hooks whose counters it saves
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -40,7 +41,7 @@ from jaxhooks import process_exit
 from jaxhooks import scalars
 from jaxhooks.checkpoint_listener import CheckpointSaverListener
 from jaxhooks.checkpoint_lock import DirectoryLock
-from jaxhooks.checkpoint_restore import restore_checkpoint
+from jaxhooks.checkpoint_restore import check_foreign, restore_checkpoint
 from jaxhooks.checkpoint_writes import CheckpointWrites, add_note
 from jaxhooks.errors import LifecycleError, NonFiniteStateError
 from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
@@ -93,6 +94,7 @@ class CheckpointSaverHook(Hook):
     best_metric: keep the ``max_to_keep`` best checkpoints by this output of
       the step (read on save steps) instead of the latest ones; the latest
       checkpoint is always kept too, so that a restart resumes from it.
+      A NaN value never counts as better: it ranks last.
     best_mode: ``"min"`` or ``"max"`` for ``best_metric``.
     save_on_start: save the state training starts from (TF1 saved it in
       ``after_create_session``), unless that step is already on disk.
@@ -106,12 +108,31 @@ class CheckpointSaverHook(Hook):
       state (if finite and not already saved). A state donated to the failed
       step call (``jax.jit(..., donate_argnums=0)``) is gone and cannot be
       saved: the hook then says so and keeps the last checkpoint.
-    on_nonfinite: a save of a state with NaN or inf is refused; ``"raise"``
-      raises ``NonFiniteStateError``, ``"stop"`` logs and stops training.
+    on_nonfinite: a save of a state with NaN or inf is refused. While
+      training runs, ``"raise"`` raises ``NonFiniteStateError`` and
+      ``"stop"`` logs an error and stops training. A session that is
+      already stopping (the final save in ``end``, an exception, a save on
+      the step at which a stop was requested, such as that of
+      ``NanTensorHook(fail_on_nan_loss=False)``) ends cleanly either way:
+      the non-finite state is not saved, an error is logged and the last
+      good checkpoint stays the latest.
     data_iterator: an iterator with ``get_state()``/``set_state(state)`` (as
       grain's are); its position is saved with the state and restored.
     data_state: instead of ``data_iterator``, a pair of functions
       ``(get_state, set_state)``.
+    restore_dtypes: ``"exact"``: a saved leaf whose dtype differs from the
+      state's is a ``CheckpointMismatchError`` naming the leaves (a float32
+      checkpoint is not truncated into an int32 state); ``"cast"``: the
+      saved values are cast to the state's dtypes (to restore a float32
+      run into a bfloat16 state, say).
+    foreign_checkpoints: when ``checkpoint_dir`` holds no jaxhooks
+      checkpoint but checkpoints of another tool (a Flax
+      ``checkpoint_220``, a TF ``model.ckpt-1000.index``, a directory of
+      Orbax files): ``"raise"`` a ``CheckpointError`` naming them at
+      ``begin``, before any training; ``"warn"``: log a warning naming them
+      and train from the state given to ``begin``. To import such a
+      checkpoint, restore it into the state yourself and hand that state
+      (its step included) to ``begin`` with ``"warn"``.
     clock: time source for ``save_secs`` (tests inject one).
 
   Example:
@@ -148,11 +169,16 @@ class CheckpointSaverHook(Hook):
                save_on_exception: bool = False, on_nonfinite: str = "raise",
                data_iterator: Any = None,
                data_state: Optional[Tuple[Callable, Callable]] = None,
+               restore_dtypes: str = "exact",
+               foreign_checkpoints: str = "raise",
                clock: Optional[Clock] = None):
     if not isinstance(checkpoint_dir, str) and not hasattr(
         checkpoint_dir, "__fspath__"):
       raise TypeError("`checkpoint_dir` must be a path, got "
                       f"{checkpoint_dir!r}.")
+    if not str(os.fspath(checkpoint_dir)).strip():
+      raise ValueError("`checkpoint_dir` must name a directory, got "
+                       f"{checkpoint_dir!r}.")
     if save_steps is not None and save_secs is not None:
       raise ValueError(
           "At most one of `save_steps` and `save_secs` may be given, got "
@@ -169,6 +195,14 @@ class CheckpointSaverHook(Hook):
     if best_metric is not None and not isinstance(best_metric, str):
       raise ValueError("`best_metric` must be the name of an output, got "
                        f"{best_metric!r}.")
+    if restore_dtypes not in ("exact", "cast"):
+      raise ValueError("`restore_dtypes` must be 'exact' or 'cast', got "
+                       f"{restore_dtypes!r}.")
+    self._restore_dtypes = restore_dtypes
+    if foreign_checkpoints not in ("raise", "warn"):
+      raise ValueError("`foreign_checkpoints` must be 'raise' or 'warn', got "
+                       f"{foreign_checkpoints!r}.")
+    self._foreign = foreign_checkpoints
     if on_nonfinite not in ("raise", "stop"):
       raise ValueError("`on_nonfinite` must be 'raise' or 'stop', got "
                        f"{on_nonfinite!r}.")
@@ -267,9 +301,11 @@ class CheckpointSaverHook(Hook):
     self._hooks = tuple(hooks) or (self,)
     step = self._writes.manager.latest_step()
     if step is None:
+      check_foreign(self.checkpoint_dir, self._foreign)
       return None
     restored, hook_states, data = restore_checkpoint(
-        self._writes.manager, step, state, with_data=self._data is not None)
+        self._writes.manager, step, state, with_data=self._data is not None,
+        cast_dtypes=self._restore_dtypes == "cast")
     cio.load_hook_states(self._hooks, hook_states)
     if self._data is not None and data is not None:
       self._data[1](data)
@@ -349,12 +385,20 @@ class CheckpointSaverHook(Hook):
     if self._best_metric is not None:
       metrics = {self._best_metric: self._metric(run_values.results["metric"])}
     session = run_context.session._replace(state=state, step=step)
+    # Whether the loop stops after this step, as every process sees it.
+    coord = self._coord
+    stopping = coord.should_stop() or run_context.stop_requested and (
+        coord.process_count == 1 or not run_context.local_stop_requested)
     saved, stop = self._save(session, finite=bool(
-        run_values.results["finite"]), metrics=metrics)
+        run_values.results["finite"]), metrics=metrics, stopping=stopping)
     if preempted:
       self.wait_until_finished()
-      log.warning("Preemption notice (%s): saved step %d, stopping.",
-                  self._notice.signal_name, step)
+      if self._notice.received:
+        log.warning("Preemption notice (%s): saved step %d, stopping.",
+                    self._notice.signal_name, step)
+      else:
+        log.warning("Preemption agreed with the other processes (the notice "
+                    "came to another one): saved step %d, stopping.", step)
       run_context.request_stop(deterministic=True)  # an agreed step
     if not saved:  # non-finite: a global value, the same on every process
       run_context.request_stop(deterministic=True)
@@ -369,7 +413,7 @@ class CheckpointSaverHook(Hook):
     try:
       if session.step != self.last_saved_step:
         self._save(session, finite=None, metrics=self._end_metrics(session),
-                   last=True)
+                   last=True, stopping=True)
       self.wait_until_finished()
       for listener in self._listeners:
         listener.end(session, session.step)
@@ -404,7 +448,7 @@ class CheckpointSaverHook(Hook):
                    + ".")
         else:
           self._save(session, finite=None, metrics=None, last=True,
-                     failing=True)
+                     stopping=True)
     except Exception as e:  # report, but keep the original exception
       add_note(exc, e)
     self._close(exc)
@@ -428,14 +472,18 @@ class CheckpointSaverHook(Hook):
 
   def _save(self, session: Session, *, finite: Optional[bool],
             metrics: Optional[dict], last: bool = False,
-            failing: bool = False) -> Tuple[bool, bool]:
+            stopping: bool = False) -> Tuple[bool, bool]:
     """Saves ``session.state`` at ``session.step`` (``last``: no step
-    call follows); returns ``(saved, stop_requested_by_a_listener)``."""
+    call follows); returns ``(saved, stop_requested_by_a_listener)``.
+
+    A non-finite state is never saved: while the loop is ``stopping``
+    (``end``, an exception, a stop already requested) it is skipped with an
+    error log; else ``on_nonfinite`` says whether to raise."""
     step = session.step
     if finite is None:
       finite = bool(jax.device_get(cio.all_finite(session.state)))
     if not finite:
-      if self._on_nonfinite == "raise" and not failing:
+      if self._on_nonfinite == "raise" and not stopping:
         error = NonFiniteStateError(step, self.checkpoint_dir)
         leaf = cio.first_nonfinite_leaf(session.state)
         if leaf is not None:

@@ -20,7 +20,9 @@ logging hooks on process 0 only) does not shift the keys.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
+import math
 import os
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -44,6 +46,7 @@ log = logging.getLogger("jaxhooks")
 
 STATE, HOOKS, DATA = "state", "hooks", "data"
 _BYTES = "__bytes_b64__"
+_FLOAT = "__float__"
 
 
 def make_manager(directory: str, *, max_to_keep: Optional[int],
@@ -54,14 +57,15 @@ def make_manager(directory: str, *, max_to_keep: Optional[int],
 
   Retention keeps the union of: the ``max_to_keep`` latest checkpoints (or,
   with ``best_metric``, the ``max_to_keep`` best ones and the latest one,
-  from which a restart resumes), and every step that is a multiple of
-  ``keep_period``.
+  from which a restart resumes; a NaN metric ranks last), and every step
+  that is a multiple of ``keep_period``.
   """
   keep = ocp.checkpoint_managers.preservation_policy
   best_fn = None
   policies = []
   if best_metric is not None:
-    best_fn = lambda metrics: float(metrics[best_metric])  # noqa: E731
+    best_fn = functools.partial(_rank, best_metric,
+                                math.inf if best_mode == "min" else -math.inf)
     policies += [keep.LatestN(n=1), keep.BestN(
         get_metric_fn=best_fn, reverse=best_mode == "min", n=max_to_keep,
         keep_checkpoints_without_metrics=True)]
@@ -87,6 +91,20 @@ def make_manager(directory: str, *, max_to_keep: Optional[int],
                       primary_host=None))}
   return ocp.CheckpointManager(directory, options=options,
                                item_handlers=handlers)
+
+
+def _rank(name: str, worst: float, metrics: Mapping[str, Any]) -> float:
+  """The value retention ranks a checkpoint by: its metric ``name``, with
+  NaN (which compares as neither better nor worse, and so would scramble
+  the ranking) as the ``worst`` value: a NaN never counts as better.
+
+  Example:
+    >>> _rank("loss", math.inf, {"loss": 0.5}), _rank("loss", math.inf,
+    ...                                                {"loss": math.nan})
+    (0.5, inf)
+  """
+  value = float(metrics[name])
+  return worst if math.isnan(value) else value
 
 
 def data_filename(process_index: int) -> str:
@@ -254,13 +272,18 @@ def step_writer(manager: ocp.CheckpointManager, step: int, directory: str,
 
 def to_json(value: Any, *, where: str) -> Any:
   """``value`` with numpy/JAX scalars and arrays as Python values, tuples as
-  lists and bytes base64-wrapped, so that it can be written as JSON.
+  lists, bytes base64-wrapped and NaN/infinite floats wrapped too (JSON has
+  no such numbers), so that it can be written as valid JSON.
 
   Example:
     >>> import numpy as np
     >>> to_json({"n": np.int32(3), "b": b"ab", "t": (1, 2)}, where="x")
     {'n': 3, 'b': {'__bytes_b64__': 'YWI='}, 't': [1, 2]}
+    >>> to_json([float("nan"), np.array([-np.inf, 1.5])], where="x")
+    [{'__float__': 'nan'}, [{'__float__': '-inf'}, 1.5]]
   """
+  if isinstance(value, float) and not math.isfinite(value):
+    return {_FLOAT: repr(float(value))}
   if value is None or isinstance(value, (bool, int, float, str)):
     return value
   if isinstance(value, (bytes, bytearray)):
@@ -276,17 +299,24 @@ def to_json(value: Any, *, where: str) -> Any:
   if isinstance(value, (list, tuple)):
     return [to_json(v, where=where) for v in value]
   if isinstance(value, (np.ndarray, np.generic, jax.Array)):
-    return np.asarray(value).tolist()
+    return to_json(np.asarray(value).tolist(), where=where)
   raise TypeError(
       f"{where}: cannot save a {type(value).__name__} ({value!r}) in a "
       "checkpoint; use JSON values (numbers, strings, lists, dicts, bytes).")
 
 
 def from_json(value: Any) -> Any:
-  """Undoes the bytes wrapping of :func:`to_json`."""
+  """Undoes the bytes and float wrapping of :func:`to_json`.
+
+  Example:
+    >>> from_json({"b": {"__bytes_b64__": "YWI="}, "f": {"__float__": "-inf"}})
+    {'b': b'ab', 'f': -inf}
+  """
   if isinstance(value, Mapping):
     if set(value) == {_BYTES}:
       return base64.b64decode(value[_BYTES])
+    if set(value) == {_FLOAT}:
+      return float(value[_FLOAT])
     return {k: from_json(v) for k, v in value.items()}
   if isinstance(value, list):
     return [from_json(v) for v in value]

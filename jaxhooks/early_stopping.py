@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 from jaxhooks import scalars
-from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues
+from jaxhooks.hook import Hook, RunArgs, RunContext, RunValues, Session
 from jaxhooks.timer import SecondOrStepTimer, TimerTriggered, check_period
 
 __all__ = ["EarlyStoppingHook"]
@@ -28,9 +28,13 @@ class EarlyStoppingHook(TimerTriggered, Hook):
   ``patience``. With a ``baseline`` the best starts there, so the metric has
   ``patience`` checks to beat it. A NaN never improves.
 
-  The counters (best value, its step, the wait count, the last check) are
-  the hook's ``state_dict``, which checkpoints keep: a restarted run stops
-  at the step the uninterrupted run would have.
+  The counters (best value, its step, the wait count, the stop step, the
+  last check) are the hook's ``state_dict``, which checkpoints keep: a
+  restarted run stops at the step the uninterrupted run would have, and a
+  run restored from a state that had already stopped (its wait count at
+  ``patience``) stops at once and trains zero steps, as ``StopAtStepHook``
+  does. A restart with a larger ``patience`` trains on from the restored
+  counters.
 
   Args:
     metric: the name of a step output, or a function of ``(state, outputs)``
@@ -145,8 +149,23 @@ class EarlyStoppingHook(TimerTriggered, Hook):
       return {"metric": (self._metric,)}
     return {}
 
+  def _exhausted(self) -> bool:
+    """The wait count has reached ``patience``: training stops."""
+    return self._wait > 0 and self._wait >= self._patience
+
   def begin(self) -> None:
     self._reset()
+
+  def after_create_session(self, session: Session, coord: Any) -> None:
+    if not self._exhausted():
+      self.stopped_step = None
+      return
+    log.info("Early stopping: the restored %s has not improved on %g (step "
+             "%s) for %d checks; stopping at step %d.", self._metric_name(),
+             self._best, self._best_step, self._wait, session.step)
+    coord.request_stop(
+        f"EarlyStoppingHook: restored at step {session.step} after "
+        f"{self._wait} checks without improvement", deterministic=True)
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     self._trigger = self._timer.should_trigger_for_step(run_context.step)
@@ -165,7 +184,7 @@ class EarlyStoppingHook(TimerTriggered, Hook):
       self._best, self._best_step, self._wait = value, step, 0
       return None
     self._wait += 1
-    if self._wait < self._patience:
+    if not self._exhausted():
       return None
     self.stopped_step = step
     log.info("Early stopping at step %d: %s = %g has not improved on %g "
@@ -179,16 +198,22 @@ class EarlyStoppingHook(TimerTriggered, Hook):
 
   def state_dict(self) -> dict:
     return {
-        "best": math.nan if self._best is None else self._best,
-        "has_best": int(self._best is not None),
+        "best": self._best,
         "best_step": -1 if self._best_step is None else self._best_step,
         "wait": self._wait,
+        "stopped_step": (-1 if self.stopped_step is None
+                         else self.stopped_step),
         **self._timer.state_dict(),
     }
 
   def load_state_dict(self, state: dict) -> None:
-    self._best = float(state["best"]) if int(state["has_best"]) else None
+    best = state["best"]
+    # Checkpoints of earlier versions wrote has_best=0 with a NaN best.
+    self._best = (None if best is None or not int(state.get("has_best", 1))
+                  else float(best))
     best_step = int(state["best_step"])
     self._best_step = None if best_step < 0 else best_step
     self._wait = int(state["wait"])
+    stopped = int(state.get("stopped_step", -1))
+    self.stopped_step = None if stopped < 0 else stopped
     self._timer.load_state_dict(state)

@@ -17,8 +17,8 @@ import numpy as np
 
 from jaxhooks.hook import GLOBAL_STEP
 
-__all__ = ["default_step_fn", "resolve_fetches", "device_fetches", "read_step",
-           "map_leaves"]
+__all__ = ["default_step_fn", "step_reader", "resolve_fetches",
+           "device_fetches", "read_step", "map_leaves"]
 
 
 def _is_fetch_leaf(x: Any) -> bool:
@@ -53,26 +53,59 @@ def default_step_fn(state: Any) -> Any:
   return state.step
 
 
+def _described(state: Any) -> str:
+  """What a state is, for errors: its type and keys or fields."""
+  name = type(state).__name__
+  if isinstance(state, Mapping):
+    return f"a {name} with keys {sorted(map(str, state))}"
+  fields = getattr(state, "_fields", None) or list(
+      getattr(state, "__dataclass_fields__", ()))
+  return f"a {name} with fields {list(fields)}" if fields else f"a {name}"
+
+
+def step_reader(step_fn: Optional[Callable[[Any], Any]]
+                ) -> Callable[[Any], Any]:
+  """``step_fn`` (or :func:`default_step_fn`) raising, when it cannot read
+  a state, a ``TypeError`` that names what it read and what the state has.
+
+  Every read of the step (after ``begin``, of each new state in fetches
+  and in the step's own program, at ``end``) goes through it, so a
+  ``train_step`` that returns a state without its step gets this error.
+
+  Example:
+    >>> step_reader(None)({"w": 1.0})
+    Traceback (most recent call last):
+    ...
+    TypeError: `state` has no step: `state['step']` raised KeyError: 'step'; the state is a dict with keys ['w']. `train_step` must return the state with its step, or pass `step_fn=` (a function returning the completed-update count of the state), e.g. `step_fn=lambda s: s['opt'].step` for a dict or Flax NNX state.
+  """
+  def read(state: Any) -> Any:
+    try:
+      return (step_fn or default_step_fn)(state)
+    except (AttributeError, KeyError, TypeError, IndexError) as e:
+      got = f"{type(e).__name__}: {e}; the state is {_described(state)}"
+      if step_fn is not None:
+        raise TypeError(f"`step_fn` failed on the state "
+                        f"({type(state).__name__}): {got}.") from e
+      where = ("`state['step']`" if isinstance(state, Mapping)
+               else "`state.step`")
+      raise TypeError(
+          f"`state` has no step: {where} raised {got}. `train_step` must "
+          "return the state with its step, or pass `step_fn=` (a function "
+          "returning the completed-update count of the state), e.g. "
+          "`step_fn=lambda s: s['opt'].step` for a dict or Flax NNX state."
+      ) from e
+  return read
+
+
 def read_step(step_fn: Callable[[Any], Any], state: Any, *,
               custom: bool) -> Any:
-  """Returns the step array of ``state`` (not yet on the host).
+  """Returns the step array of ``state`` (not yet on the host);
+  ``step_fn`` is a :func:`step_reader`.
 
   Raises:
     TypeError: the state has no step, or the step is not an integer scalar.
   """
-  try:
-    step = step_fn(state)
-  except (AttributeError, KeyError, TypeError) as e:
-    if custom:
-      raise TypeError(
-          f"`step_fn` failed on the state ({type(state).__name__}): "
-          f"{type(e).__name__}: {e}") from e
-    raise TypeError(
-        f"`state` has no step: got a {type(state).__name__} without a "
-        "`.step` attribute or 'step' key. Pass `step_fn=` (a function "
-        "returning the completed-update count of the state), e.g. "
-        "`step_fn=lambda s: s['opt'].step` for a dict or Flax NNX state."
-    ) from e
+  step = step_fn(state)
   shape = np.shape(step)
   dtype = getattr(step, "dtype", np.asarray(step).dtype)
   if shape != () or not np.issubdtype(dtype, np.integer):

@@ -38,7 +38,9 @@ class NanTensorHook(TimerTriggered, Hook):
   Args:
     loss_name: the name of the loss in the step's outputs.
     fail_on_nan_loss: raise ``NanLossDuringTrainingError`` (the default), or
-      log a warning and request stop.
+      log a warning and request stop: the session then ends cleanly, and
+      ``CheckpointSaverHook`` saves no non-finite state (it logs an error
+      and keeps the last good checkpoint) and raises nothing.
     every_n_iter: also read the device on global steps that are multiples
       of this (100 by default), so a bad loss is noticed at most this many
       steps late; the sentinel is also read with the other hooks' fetches

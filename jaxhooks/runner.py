@@ -83,7 +83,7 @@ class HookedStep:
           f"`steps_per_call` must be an int >= 1, got {steps_per_call!r}.")
     self._train_step = train_step
     self._custom_step_fn = step_fn is not None
-    self._step_fn = step_fn or fetch.default_step_fn
+    self._step_fn = fetch.step_reader(step_fn)
     self._steps_per_call = steps_per_call
     self._batch_fn = batch_fn
     self._donate = (donates_state(train_step) if donate_state is None

@@ -10,16 +10,19 @@ from conftest import dict_state, dict_step
 
 def test_state_without_step():
   step = jh.wrap(dict_step)
-  with pytest.raises(TypeError, match=r"`state` has no step: got a dict "
-                                      r"without a `.step` attribute or "
-                                      r"'step' key\. Pass `step_fn=`"):
+  with pytest.raises(TypeError, match=r"`state` has no step: `state\['step'\]`"
+                                      r" raised KeyError: 'step'; the state "
+                                      r"is a dict with keys \['w'\]\. "
+                                      r"`train_step` must return the state "
+                                      r"with its step, or pass `step_fn=`"):
     step.begin({"w": jnp.ones(2)})
 
 
 def test_failing_step_fn_is_named():
   step = jh.wrap(dict_step, step_fn=lambda s: s["count"])
   with pytest.raises(TypeError, match=r"`step_fn` failed on the state \(dict\)"
-                                      r": KeyError: 'count'"):
+                                      r": KeyError: 'count'; the state is a "
+                                      r"dict with keys \['step', 'w'\]\.$"):
     step.begin(dict_state())
   with pytest.raises(TypeError, match=r"`step_fn` must be callable, got 3"):
     jh.wrap(dict_step, step_fn=3)

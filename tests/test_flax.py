@@ -114,6 +114,8 @@ def test_nnx_model_and_optimizer_through_step_fn():
 
 def test_nnx_state_without_step_fn_names_the_fix():
   _, state = _nnx()
-  with pytest.raises(TypeError, match=r"`state` has no step: got a State "
-                                      r"without a `.step` attribute"):
+  with pytest.raises(TypeError, match=r"`state` has no step: `state\['step'\]`"
+                                      r" raised KeyError: 'step'; the state "
+                                      r"is a State with keys \['0', '1'\]\. "
+                                      r".* pass `step_fn=`"):
     jh.wrap(lambda s, b: (s, {})).begin(state)

@@ -228,7 +228,7 @@ def test_one_variable_in_two_places_is_refused_at_begin_with_a_program():
 
 def test_a_prng_key_in_the_state_matches_its_saved_key_data():
   state = {"rngs": jax.random.key(0), "w": jnp.ones(2)}
-  saved = {"rngs": np.zeros(2, np.uint32), "w": np.ones(2)}
+  saved = {"rngs": np.zeros(2, np.uint32), "w": np.ones(2, np.float32)}
   assert structure_diff(state, saved) == []
   assert structure_diff(state, {**saved, "rngs": np.zeros(3, np.uint32)}) == [
       "rngs: shape (2,) in the state, (3,) in the checkpoint"]
