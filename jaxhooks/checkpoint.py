@@ -69,7 +69,8 @@ def _end_earlier_sessions(directory: str) -> None:
   session open in another process keeps its lock (``DirectoryLock``)."""
   for session in process_exit.open_sessions():
     if any(isinstance(h, CheckpointSaverHook) and h._lock.held
-           and h.checkpoint_dir == directory for h in session.hooks):
+           and os.path.realpath(h.checkpoint_dir) == os.path.realpath(
+               directory) for h in session.hooks):
       error = LifecycleError(
           f"A new session on `checkpoint_dir` {directory!r} ended this one, "
           f"left open at step {session.step} without `end()`.")
@@ -393,6 +394,7 @@ class CheckpointSaverHook(Hook):
         run_values.results["finite"]), metrics=metrics, stopping=stopping)
     if preempted:
       self.wait_until_finished()
+      self._notice.acted_on()
       if self._notice.received:
         log.warning("Preemption notice (%s): saved step %d, stopping.",
                     self._notice.signal_name, step)

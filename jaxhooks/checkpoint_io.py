@@ -170,7 +170,9 @@ def check_writable(directory: str, process_index: int = 0) -> None:
     CheckpointError: naming the directory and the OS error.
   """
   path = epath.Path(directory)
-  probe = path / f".jaxhooks-write-probe-{process_index}"
+  # One name per process of each run: two runs starting at once must not
+  # remove each other's probe.
+  probe = path / f".jaxhooks-write-probe-{process_index}-{os.getpid()}"
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe.write_text("")

@@ -15,7 +15,8 @@ dies in any way, SIGKILL included: a stale lock never blocks a restart (the
 file a killed run leaves is taken over). On
 NFS, Linux maps ``flock`` onto the server's byte-range locks, which are
 shared between hosts. Object stores (``gs://``, ``s3://``) have no locks:
-there the check is skipped, and the README says so.
+there the check is skipped, and the README says so. The lock is the file:
+deleting it by hand while a run holds it lets another run in.
 """
 
 from __future__ import annotations
@@ -111,11 +112,13 @@ class DirectoryLock:
     file at that path, and tries again.)"""
     fd, self._fd = self._fd, None
     if fd is not None:
-      try:
-        os.unlink(os.path.join(self.directory, LOCK_FILE))
-      except OSError:   # gone with its directory: nothing to clean
-        pass
-      os.close(fd)      # closing the file drops the lock
+      path = os.path.join(self.directory, LOCK_FILE)
+      if _same_file(fd, path):   # not a file another run made since
+        try:
+          os.unlink(path)
+        except OSError:   # gone with its directory: nothing to clean
+          pass
+      os.close(fd)        # closing the file drops the lock
 
 
 def _same_file(fd: int, path: str) -> bool:

@@ -62,13 +62,14 @@ class Coordinator:
     promptly (a preemption notice). Safe to call from a signal handler."""
     self.awake = True
 
-  def request_stop(self, reason: Union[str, BaseException] = "stop requested",
+  def request_stop(self, reason: Any = "stop requested",
                    *, deterministic: bool = False) -> None:
     """Asks the loop to stop after the current step.
 
     Args:
-      reason: recorded in ``stop_reasons``. An exception (a data thread's
-        or a hook's failure, as TensorFlow's ``coord.request_stop(ex)``)
+      reason: recorded in ``stop_reasons``. An exception, or a
+        ``sys.exc_info()`` tuple (a data thread's or a hook's failure, as
+        TensorFlow's ``coord.request_stop(ex)``)
         also stops the loop, and is raised when the session ends: from
         ``end()``, after every hook's ``end`` ran.
       deterministic: the same request is made on every process at this step
@@ -84,8 +85,12 @@ class Coordinator:
     self._reasons.append(self._record(reason))
     self.wake()      # a call without hooks must see it too
 
-  def _record(self, reason: Union[str, BaseException]) -> str:
-    """Keeps an exception given as a stop reason; returns the reason text."""
+  def _record(self, reason: Any) -> str:
+    """Keeps an exception given as a stop reason (or TensorFlow's
+    ``sys.exc_info()`` tuple of one); returns the reason text."""
+    if (isinstance(reason, tuple) and len(reason) == 3
+        and isinstance(reason[1], BaseException)):
+      reason = reason[1]
     if isinstance(reason, BaseException):
       self._errors.append(reason)
       return f"{type(reason).__name__}: {reason}"

@@ -161,7 +161,7 @@ class DistributedCoordinator(Coordinator):
     """Local stop requests not yet agreed."""
     return tuple(self._pending)
 
-  def request_stop(self, reason: Union[str, BaseException] = "stop requested",
+  def request_stop(self, reason: Any = "stop requested",
                    *, deterministic: bool = False) -> None:
     text = self._record(reason)   # an exception is raised here at the end
     if deterministic or self._independent or self.process_count == 1:

@@ -11,7 +11,8 @@ handler put back, a writer flushed)::
                                        # attached to it as notes
 
 Every error after the first is logged at once and attached to the first as
-a note, so the user sees all of them in one traceback.
+a note, so the user sees all of them in one traceback. A ``KeyboardInterrupt``
+or ``SystemExit`` raised by a cleanup is not kept: it goes on at once.
 """
 
 from __future__ import annotations
@@ -71,10 +72,15 @@ class Failures:
              f"{type(error).__name__}: {error}")
 
   def run(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-    """Calls ``fn(*args)``; an error it raises is recorded, not raised."""
+    """Calls ``fn(*args)``; an error it raises is recorded, not raised.
+
+    ``KeyboardInterrupt`` and ``SystemExit`` (a second Ctrl-C, a signal
+    handler that exits) are raised at once: whoever sent them wants the
+    process to stop now, not after the other cleanups.
+    """
     try:
       fn(*args)
-    except BaseException as e:  # noqa: B902 -- every cleanup must run
+    except Exception as e:  # every cleanup must run
       self.add(e, what)
 
   def raise_first(self) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
+
+from jaxhooks import signal_handlers
 
 __all__ = ["PreemptionNotice", "preemption_reached"]
 
@@ -46,6 +48,8 @@ class PreemptionNotice:
     self._previous: Dict[int, Any] = {}
     self._event = threading.Event()
     self.signal_name = None
+    self._signum: Any = None
+    self._acted = False
     #: Called after a notice is recorded (see :meth:`forward_to`).
     self.on_notify = None
 
@@ -60,6 +64,7 @@ class PreemptionNotice:
   def notify(self, signum: Any = None, frame: Any = None) -> None:
     """Records a preemption notice (the signal handler)."""
     del frame
+    self._signum = signum
     self.signal_name = ("notify()" if signum is None
                         else signal.Signals(signum).name)
     self._event.set()
@@ -76,6 +81,8 @@ class PreemptionNotice:
   def clear(self) -> None:
     self._event.clear()
     self.signal_name = None
+    self._signum = None
+    self._acted = False
 
   def install(self) -> bool:
     """Installs the handlers; returns False off the main thread."""
@@ -86,7 +93,7 @@ class PreemptionNotice:
                   "only be installed from the main thread.")
       return False
     for sig in self._signals:
-      _subscribe(sig, self)
+      signal_handlers.subscribe(sig, self.notify)
       self._previous[sig] = True
     return True
 
@@ -94,40 +101,19 @@ class PreemptionNotice:
     """Stops handling the signals; once no notice handles a signal, the
     handler that was there before the first one is back."""
     previous, self._previous = self._previous, {}
+    unhandled = self.received and self._signum is not None and not self._acted
     for sig in previous:
-      _unsubscribe(sig, self)
+      signal_handlers.unsubscribe(sig, self.notify,
+                                  unhandled=unhandled and sig == self._signum)
+
+  def acted_on(self) -> None:
+    """Records that the notice was acted on (its save is written): it is
+    not handed on to a later session."""
+    self._acted = True
 
   def __repr__(self) -> str:
     return (f"PreemptionNotice(received={self.received}, "
             f"installed={self.installed})")
-
-
-# One handler per signal, shared by every installed notice, so that notices
-# installed and uninstalled in any order leave the original handler back.
-_original: Dict[int, Any] = {}
-_subscribers: Dict[int, List[PreemptionNotice]] = {}
-
-
-def _dispatch(signum: int, frame: Any) -> None:
-  for notice in list(_subscribers.get(signum, ())):
-    notice.notify(signum, frame)
-
-
-def _subscribe(sig: int, notice: PreemptionNotice) -> None:
-  if sig not in _subscribers:
-    _original[sig] = signal.signal(sig, _dispatch)
-    _subscribers[sig] = []
-  _subscribers[sig].append(notice)
-
-
-def _unsubscribe(sig: int, notice: PreemptionNotice) -> None:
-  notices = _subscribers.get(sig, [])
-  if notice in notices:
-    notices.remove(notice)
-  if sig in _subscribers and not notices:
-    del _subscribers[sig]
-    handler = _original.pop(sig)
-    signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def preemption_reached(coord: Any, notice: PreemptionNotice, step: int, *,

@@ -17,8 +17,11 @@ reverse order of registration; this one is registered after them)::
     session.abort(exc)        # every hook's on_exception: pending writes
                               # finished or their failure logged
 
-``kill -9`` (SIGKILL) is the one exit nothing can act on; a checkpoint
-write cut by it leaves a temporary directory that restore ignores.
+While that runs, SIGTERM and Ctrl-C act as they did before jaxhooks; a
+Ctrl-C or a signal handler's ``sys.exit`` then ends the process at once,
+with the status it asks for. ``kill -9`` (SIGKILL) is the one exit nothing
+can act on. A write cut by either leaves a temporary directory that
+restore ignores.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from __future__ import annotations
 # so runs after it.
 import concurrent.futures.thread  # noqa: F401
 import logging
+import os
+import signal
 import sys
 import threading
 from typing import Any, Dict, Optional
@@ -100,6 +105,26 @@ def end_open_sessions() -> None:
                   session.step)
     try:
       session.abort(error)
-    except BaseException as e:  # noqa: B902 -- the other sessions still end
+    except (KeyboardInterrupt, SystemExit) as e:
+      _exit_now(e)
+    except Exception as e:  # the other sessions still end
       log.error("Ending the session at exit failed: %s: %s",
                 type(e).__name__, e)
+
+
+def _exit_now(interrupt: BaseException) -> None:
+  """A Ctrl-C, or a signal handler calling ``sys.exit``, came while the
+  exit waited for a session: the process ends as that asks, at once (the
+  write in flight stays a temporary directory that restore ignores)."""
+  log.warning("%s while ending the session at exit: exiting now.",
+              type(interrupt).__name__)
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError, AttributeError):
+      pass
+  if isinstance(interrupt, KeyboardInterrupt):
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+  code = getattr(interrupt, "code", 1)
+  os._exit(code if isinstance(code, int) else 1)

@@ -22,11 +22,13 @@ Per call::
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 
-from jaxhooks import fetch, lag, nnx_state, process_exit, scalars
+from jaxhooks import (fetch, lag, nnx_state, process_exit, scalars,
+                      signal_handlers)
 from jaxhooks.coord import Coordinator
 from jaxhooks.distributed import default_coordinator
 from jaxhooks.errors import LifecycleError, StepMismatchError
@@ -114,6 +116,7 @@ class HookedStep:
     self._quiet_until: Any = -1
     self._due: Tuple[Callable[[], bool], ...] = ()
     self._step_error: Optional[BaseException] = None
+    self._stop_told = False
 
   # -- lifecycle ------------------------------------------------------------
 
@@ -129,7 +132,9 @@ class HookedStep:
 
   @property
   def should_stop(self) -> bool:
-    return self._phase != _RUNNING or self.coord.should_stop()
+    stop = self._phase != _RUNNING or self.coord.should_stop()
+    self._stop_told = stop   # a call after this is misuse (see __call__)
+    return stop
 
   @property
   def steps_per_call(self) -> int:
@@ -261,7 +266,12 @@ class HookedStep:
     if self._phase != _RUNNING:
       raise LifecycleError(self._misuse("called"))
     if coord.should_stop():
+      # A stop the caller was not told of yet (one requested by another
+      # thread since its last look) is told now: no step runs.
       self._leave(_STOPPED)
+      if not self._stop_told:
+        self._stop_told = True
+        return state, None, True
       raise LifecycleError(self._misuse("called"))
     self._state = state
     outputs, values, lagged = self._outputs, self._values, self._lagged
@@ -489,18 +499,26 @@ class HookedStep:
     session = self.session()
     failures = Failures(exc)
     args: tuple = (session,) if exc is None else (session, exc)
-    if exc is None:
-      for error in self.coord.errors:
-        failures.add(error, "a stop request")
-    for hook in hooks:
-      failures.run(f"`{type(hook).__name__}.{method}`",
-                   getattr(hook, method), *args)
+    for error in self.coord.errors:   # raised first, or attached to exc
+      failures.add(error, "a stop request")
+    # Ending on an exception, signals act as they did before the session:
+    # a SIGTERM or Ctrl-C now must not just set a flag no loop reads.
+    with (signal_handlers.passthrough() if exc is not None
+          else contextlib.nullcontext()):
+      for hook in hooks:
+        failures.run(f"`{type(hook).__name__}.{method}`",
+                     getattr(hook, method), *args)
     if exc is None:
       failures.raise_first()
 
   # -- checks -----------------------------------------------------------------
 
   def _misuse(self, verb: str) -> str:
+    errors = "".join(f" The stop came with {type(e).__name__}: {e}; `end()` "
+                     "raises it." for e in self.coord.errors)
+    return self._misuse_phase(verb) + errors
+
+  def _misuse_phase(self, verb: str) -> str:
     what = {_NEW: "before `begin(state)`",
             _STOPPED: f"after stop (at step {self._step})",
             _RUNNING: "while running", _FAILED: "after a failed step",

@@ -18,7 +18,7 @@ import pytest
 
 import jaxhooks as jh
 from conftest import Recorder, dict_state, dict_step
-from jaxhooks import checkpoint_io
+from jaxhooks import checkpoint_io, checkpoint_lock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -355,3 +355,154 @@ def test_monitored_session_goes_on_after_a_caught_bad_batch():
   assert int(sess.state["step"]) == 2
   assert [e for e in log if e[1] in ("after_run", "end")] == [
       ("r", "after_run", 1), ("r", "after_run", 2), ("r", "end", 2)]
+
+
+# -- signals and interrupts while a session ends ------------------------------
+
+# The write of step 2 is held once the interpreter has begun to exit: the
+# process says so, and the test then sends a signal into that wait.
+_SIGNAL_IN_EXIT_WAIT = """
+import os, signal, sys, threading, time
+import jax, jax.numpy as jnp
+import jaxhooks as jh
+from jaxhooks import checkpoint_io as cio
+how, ckpt = sys.argv[1], sys.argv[2]
+if how == "user_handler":
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+real = cio.step_writer
+def held_writer(manager, step, *args, **kwargs):
+  write = real(manager, step, *args, **kwargs)
+  def held(state):
+    if step == 2:
+      while not threading._SHUTTING_DOWN:
+        time.sleep(0.005)
+      print("held", flush=True)
+      threading.Event().wait(20)   # the signal should end the process first
+    write(state)
+  return held
+cio.step_writer = held_writer
+train_step = jax.jit(lambda s, b: ({"w": s["w"] + 1, "step": s["step"] + 1},
+                                   {}))
+savers = [jh.CheckpointSaverHook(os.path.join(ckpt, d), save_steps=2)
+          for d in ("a", "b")[:2 if how == "two_savers" else 1]]
+step = jh.wrap(train_step, hooks=savers)
+state = step.begin({"w": jnp.zeros(3), "step": jnp.array(0)})
+for _ in range(3):
+  state, _, _ = step(state)
+# the script ends without step.end(state)
+"""
+
+
+@pytest.mark.parametrize("how, sig, rc", [
+    ("two_savers", signal.SIGTERM, -signal.SIGTERM),
+    ("one_saver", signal.SIGINT, -signal.SIGINT),
+    ("user_handler", signal.SIGTERM, 143),
+])
+def test_a_signal_during_the_exit_wait_acts_as_without_jaxhooks(tmp_path, how,
+                                                                 sig, rc):
+  proc = subprocess.Popen([sys.executable, "-c", _SIGNAL_IN_EXIT_WAIT, how,
+                           str(tmp_path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=ENV)
+  try:
+    lines = []
+    reader = threading.Thread(target=lambda: lines.append(
+        proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(DEADLINE)
+    assert lines == ["held\n"]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=DEADLINE)
+  finally:
+    proc.kill()
+  assert proc.returncode == rc, err
+
+
+def test_a_sigterm_during_a_failed_begin_is_acted_on_by_the_next_session(
+    tmp_path):
+  class SignalledThenFails(jh.SessionRunHook):
+    def after_create_session(self, session, coord):
+      os.kill(os.getpid(), signal.SIGTERM)
+      raise ValueError("a hook failed after the notice")
+  before = signal.getsignal(signal.SIGTERM)
+  failed = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path),
+                                     SignalledThenFails()])
+  with pytest.raises(ValueError):
+    failed.begin(dict_state())
+  assert signal.getsignal(signal.SIGTERM) == before
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=100)
+  retry = jh.wrap(dict_step, hooks=[jh.StopAtStepHook(last_step=10), saver])
+  state = retry.begin(dict_state())
+  state, _, stop = retry(state, jnp.ones(2))
+  assert (stop, retry.step, saver.all_steps()) == (True, 1, [1])
+  retry.end(state)
+  assert signal.getsignal(signal.SIGTERM) == before
+
+
+# -- stop requests with an error -------------------------------------------------
+
+
+def test_a_stop_requested_by_a_thread_after_the_loops_look_is_told_by_the_call(
+    tmp_path):
+  step = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  state = step.begin(dict_state())
+  state, _, _ = step(state, jnp.ones(2))
+  assert not step.should_stop
+  step.coord.request_stop(OSError("the data thread failed"))  # a thread
+  new_state, outputs, stop = step(state, jnp.ones(2))
+  assert (new_state is state, outputs, stop, step.step) == (True, None, True, 1)
+  with pytest.raises(jh.LifecycleError, match="The stop came with OSError: "
+                     "the data thread failed; `end\\(\\)` raises it."):
+    step(state, jnp.ones(2))
+  with pytest.raises(OSError, match="the data thread failed"):
+    step.end(state)
+  assert jh.CheckpointSaverHook(tmp_path).all_steps() == [1]
+
+
+def test_an_error_given_to_request_stop_is_attached_when_the_loop_dies(
+    tmp_path):
+  step = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path)])
+  state = step.begin(dict_state())
+  step.coord.request_stop(OSError("the data thread failed"))
+  error = KeyError("the loop's own error")
+  step.abort(error)
+  assert error.__notes__ == ["jaxhooks: a stop request failed too: OSError: "
+                             "the data thread failed"]
+
+
+def test_request_stop_takes_tensorflows_exc_info_tuple():
+  coord = jh.Coordinator()
+  try:
+    raise OSError("disk read failed")
+  except OSError:
+    coord.request_stop(sys.exc_info())
+  assert [type(e) for e in coord.errors] == [OSError]
+
+
+# -- the lock, attacked -------------------------------------------------------
+
+
+def test_a_released_lock_never_removes_another_runs_lock_file(tmp_path):
+  first = checkpoint_lock.DirectoryLock(str(tmp_path))
+  first.acquire()
+  os.remove(tmp_path / checkpoint_lock.LOCK_FILE)   # deleted by hand
+  second = checkpoint_lock.DirectoryLock(str(tmp_path))
+  second.acquire()        # the documented limit: the file is the lock
+  first.release()
+  third = checkpoint_lock.DirectoryLock(str(tmp_path))
+  with pytest.raises(jh.CheckpointError, match="in use by another run"):
+    third.acquire()
+  second.release()
+  third.acquire()
+  third.release()
+
+
+def test_a_session_left_open_is_ended_through_a_symlink_too(tmp_path):
+  (tmp_path / "real").mkdir()
+  os.symlink(tmp_path / "real", tmp_path / "link")
+  old = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path / "real")])
+  old.begin(dict_state())
+  new = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(tmp_path / "link")])
+  new.begin(dict_state())
+  with pytest.raises(jh.LifecycleError):
+    old(dict_state(), jnp.ones(2))
+  new.end()
