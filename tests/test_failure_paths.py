@@ -41,6 +41,21 @@ def run_python(code, *args, deadline=DEADLINE):
   return proc.returncode, out, err
 
 
+def start_python(code, *args, stdin=None):
+  """Starts ``code`` in a new interpreter and waits (at most DEADLINE) for
+  the first line it prints; returns ``(process, line)``. The caller kills
+  the process."""
+  proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
+                          stdin=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=ENV)
+  lines = []
+  reader = threading.Thread(target=lambda: lines.append(
+      proc.stdout.readline()), daemon=True)
+  reader.start()
+  reader.join(DEADLINE)
+  return proc, (lines or [None])[0]
+
+
 class Raises(jh.SessionRunHook):
   """Raises ``error`` from ``end`` and ``on_exception``."""
 
@@ -177,16 +192,9 @@ sys.stdin.readline()      # training goes on; killed here
 
 def test_a_second_run_is_refused_and_a_killed_ones_lock_is_no_obstacle(
     tmp_path):
-  proc = subprocess.Popen([sys.executable, "-c", _RUN_AND_HOLD,
-                           str(tmp_path)], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True, env=ENV)
+  proc, line = start_python(_RUN_AND_HOLD, tmp_path, stdin=subprocess.PIPE)
   try:
-    lines = []
-    reader = threading.Thread(target=lambda: lines.append(
-        proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(DEADLINE)
-    assert lines == ["saved 2\n"]
+    assert line == "saved 2\n"
     before = sorted(os.listdir(tmp_path))
     second = jh.wrap(dict_step, hooks=[jh.CheckpointSaverHook(
         tmp_path, save_steps=1)])
@@ -400,16 +408,9 @@ for _ in range(3):
 ])
 def test_a_signal_during_the_exit_wait_acts_as_without_jaxhooks(tmp_path, how,
                                                                  sig, rc):
-  proc = subprocess.Popen([sys.executable, "-c", _SIGNAL_IN_EXIT_WAIT, how,
-                           str(tmp_path)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=ENV)
+  proc, line = start_python(_SIGNAL_IN_EXIT_WAIT, how, tmp_path)
   try:
-    lines = []
-    reader = threading.Thread(target=lambda: lines.append(
-        proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(DEADLINE)
-    assert lines == ["held\n"]
+    assert line == "held\n"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=DEADLINE)
   finally:
