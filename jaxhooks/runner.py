@@ -319,6 +319,7 @@ class HookedStep:
     self._step_error = None
     if (in_step and isinstance(exc, Exception)
         and self.coord.process_count == 1 and not was_donated(state)):
+      self.coord.wake()   # the next call runs every hook, as this one did
       return
     self.abort(exc)
 
