@@ -507,3 +507,17 @@ def test_a_session_left_open_is_ended_through_a_symlink_too(tmp_path):
   with pytest.raises(jh.LifecycleError):
     old(dict_state(), jnp.ones(2))
   new.end()
+
+
+def test_a_notice_that_came_before_a_failed_call_is_acted_on_by_the_next(
+    tmp_path):
+  saver = jh.CheckpointSaverHook(tmp_path, save_steps=100)
+  step = jh.wrap(dict_step, hooks=[saver])
+  state = step.begin(dict_state())
+  state, _, _ = step(state, jnp.ones(2))
+  saver.preemption_notice.notify()      # as SIGTERM does
+  with pytest.raises(TypeError):
+    step(state, jnp.ones(3))            # a bad batch: this call fails
+  state, _, stop = step(state, jnp.ones(2))
+  assert (stop, step.step, saver.all_steps()) == (True, 2, [2])
+  step.end(state)
