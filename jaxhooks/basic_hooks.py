@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from jaxhooks import fetch
 from jaxhooks.hook import NEVER, Hook, RunArgs, RunContext, RunValues, Session
@@ -130,8 +130,9 @@ class LambdaHook(Hook):
                after_run: Optional[Callable] = None,
                end: Optional[Callable] = None,
                primary_only: bool = False):
-    fns = dict(begin=begin, after_create_session=after_create_session,
-               before_run=before_run, after_run=after_run, end=end)
+    fns: Dict[str, Optional[Callable[..., Any]]] = dict(
+        begin=begin, after_create_session=after_create_session,
+        before_run=before_run, after_run=after_run, end=end)
     for name, fn in fns.items():
       if fn is not None and not callable(fn):
         raise ValueError(f"`{name}` must be callable or None, got {fn!r}.")

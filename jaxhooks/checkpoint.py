@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 
@@ -226,11 +226,16 @@ class CheckpointSaverHook(Hook):
     self._lock = DirectoryLock(self.checkpoint_dir)
     self._open = False
     self._hooks: Tuple[Hook, ...] = (self,)
-    self._coord = None
+    self._coord: Any = None   # the coordinator given to after_create_session
     self._poll_service = False
-    self._pending = None      # (step, preempted) decided in before_run
+    self._pending: Optional[Tuple[int, bool]] = None   # (step, preempted)
     self._captured = None     # the new state, captured by the fetch
     self.restored_step: Optional[int] = None
+
+  @property
+  def _open_writes(self) -> CheckpointWrites:
+    assert self._writes is not None, "made by begin"
+    return self._writes
 
   # -- public helpers -------------------------------------------------------
 
@@ -252,7 +257,7 @@ class CheckpointSaverHook(Hook):
   def all_steps(self) -> list:
     """The steps of the complete checkpoints on disk."""
     if self._open:
-      return sorted(self._writes.manager.all_steps())
+      return sorted(self._open_writes.manager.all_steps())
     manager = cio.make_manager(self.checkpoint_dir, max_to_keep=None,
                                keep_period=None, best_metric=None,
                                best_mode="min", async_save=False,
@@ -266,7 +271,7 @@ class CheckpointSaverHook(Hook):
     """Blocks until pending writes are done; raises a failed write's error
     (``last_saved_step`` is then the last step that was written)."""
     if self._open:
-      self._writes.wait()
+      self._open_writes.wait()
 
   # -- hook methods ---------------------------------------------------------
 
@@ -300,18 +305,19 @@ class CheckpointSaverHook(Hook):
 
   def restore(self, state: Any, hooks: tuple) -> Any:
     self._hooks = tuple(hooks) or (self,)
-    step = self._writes.manager.latest_step()
+    step = self._open_writes.manager.latest_step()
     if step is None:
       check_foreign(self.checkpoint_dir, self._foreign)
       return None
     restored, hook_states, data = restore_checkpoint(
-        self._writes.manager, step, state, with_data=self._data is not None,
+        self._open_writes.manager, step, state,
+        with_data=self._data is not None,
         cast_dtypes=self._restore_dtypes == "cast")
     cio.load_hook_states(self._hooks, hook_states)
     if self._data is not None and data is not None:
       self._data[1](data)
     self.restored_step = step
-    self._writes.restored(step)
+    self._open_writes.restored(step)
     log.info("Restored the checkpoint of step %d from %s.", step,
              self.checkpoint_dir)
     return restored
@@ -363,13 +369,13 @@ class CheckpointSaverHook(Hook):
     step = run_context.step
     preempted = self._save_on_preemption and self._coord is not None and (
         preemption_reached(self._coord, self._notice, step,
-                           manager=self._writes.manager))
+                           manager=self._open_writes.manager))
     periodic = (self._timer is not None
                 and self._timer.should_trigger_for_step(step))
     if not (preempted or periodic):
       return None
     self._pending = (step, preempted)
-    fetches = {"finite": self._capture}
+    fetches: Dict[str, Any] = {"finite": self._capture}
     if self._best_metric is not None:
       fetches["metric"] = self._best_metric
     return RunArgs(fetches=fetches)
@@ -411,7 +417,7 @@ class CheckpointSaverHook(Hook):
   def end(self, session: Session) -> None:
     # A failed earlier write does not keep the final state from being saved
     # (it may be the step that failed); its error is raised after that.
-    failure = self._writes.failure()
+    failure = self._open_writes.failure()
     try:
       if session.step != self.last_saved_step:
         self._save(session, finite=None, metrics=self._end_metrics(session),
@@ -434,7 +440,7 @@ class CheckpointSaverHook(Hook):
     if not self._open:   # begin failed before the manager opened
       self._close(exc)
       return
-    failure = self._writes.failure()
+    failure = self._open_writes.failure()
     if failure is not None:
       add_note(exc, failure)
     try:
@@ -497,10 +503,10 @@ class CheckpointSaverHook(Hook):
     for listener in self._listeners:
       listener.before_save(session, step)
     data = None if self._data is None else self._data[0]()
-    self._writes.save(step, session.state,
-                      hook_states=cio.hook_states(self._hooks), data=data,
-                      metrics=metrics,
-                      donated=session.donates_state and not last)
+    self._open_writes.save(step, session.state,
+                           hook_states=cio.hook_states(self._hooks),
+                           data=data, metrics=metrics,
+                           donated=session.donates_state and not last)
     stop = False
     for listener in self._listeners:
       stop = listener.after_save(session, step) is True or stop
@@ -512,7 +518,7 @@ class CheckpointSaverHook(Hook):
     try:
       if self._open:
         self._open = False
-        self._writes.close(exc)
+        self._open_writes.close(exc)
     finally:
       self._notice.uninstall()
       self._lock.release()

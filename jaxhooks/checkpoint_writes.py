@@ -129,8 +129,10 @@ class CheckpointWrites:
       except Exception as e:
         errors.append(self._checkpoint_error(e))
     self._writer = None
-    if errors and exc is None:
-      raise errors[0]
+    if exc is None:
+      if errors:
+        raise errors[0]
+      return
     for error in errors:
       add_note(exc, error)
 

@@ -65,6 +65,8 @@ class EarlyStoppingHook(TimerTriggered, Hook):
     (6, 3.0, 3)
   """
 
+  _timer: SecondOrStepTimer   # always set: checks every ``every_n_iter``
+
   def __init__(self, metric: Any, *, mode: str = "min", patience: int = 0,
                min_delta: float = 0.0, baseline: Optional[float] = None,
                every_n_iter: int = 1,

@@ -8,6 +8,8 @@ and shows the value received.
 
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = [
     "CoordinationTimeoutError",
     "StallError",
@@ -109,7 +111,7 @@ class StallError(RuntimeError):
 
   Attributes:
     process: the process that made no progress.
-    step: the last step it completed.
+    step: the last step it completed (``None`` when it had none yet).
 
   Example:
     >>> import jaxhooks as jh
@@ -117,7 +119,7 @@ class StallError(RuntimeError):
     Process 0 made no progress for 600 s after step 12 (`stall_timeout_secs`=600); ending the process instead of hanging.
   """
 
-  def __init__(self, process: int, step: int, waited_secs: float,
+  def __init__(self, process: int, step: Optional[int], waited_secs: float,
                setting: str, detail: str = ""):
     self.process = process
     self.step = step

@@ -43,7 +43,7 @@ def map_leaves(fn: Callable[[Any], Any], tree: Any,
     StopIteration
   """
   leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_leaf)
-  return treedef.unflatten([fn(x) for x in leaves])
+  return jax.tree_util.tree_unflatten(treedef, [fn(x) for x in leaves])
 
 
 def default_step_fn(state: Any) -> Any:

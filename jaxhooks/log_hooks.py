@@ -123,7 +123,7 @@ class LoggingTensorHook(TimerTriggered, Hook):
     return None
 
   def after_run(self, run_context: RunContext, run_values: RunValues) -> None:
-    if run_values.results is not None:
+    if run_values.results is not None and self._timer is not None:
       elapsed, _ = self._timer.update_last_triggered_step(run_values.step)
       self._log(run_values.results, elapsed)
 
@@ -187,6 +187,7 @@ class StepCounterHook(TimerTriggered, Hook):
 
   primary_only = True
   accepts_lagged_fetches = True
+  _timer: SecondOrStepTimer   # always set: one of the periods is given
 
   def __init__(self, every_n_steps: Optional[int] = 100,
                every_n_secs: Optional[float] = None, output_dir=None,
@@ -217,6 +218,7 @@ class StepCounterHook(TimerTriggered, Hook):
   def begin(self) -> None:
     if self._owns_writer:
       if self._writer is None:
+        assert self._output_dir is not None, "set when the hook owns it"
         self._writer = default_writer(self._output_dir)
       open_writer(self._writer, self._output_dir)  # unwritable: fails here
 

@@ -97,7 +97,7 @@ class NanTensorHook(TimerTriggered, Hook):
     return None
 
   def after_run(self, run_context: RunContext, run_values: RunValues) -> None:
-    if run_values.results is not None:
+    if run_values.results is not None and self._timer is not None:
       self._timer.update_last_triggered_step(run_context.step)
 
   def _update(self, sentinel: Any, step: Any, state: Any,

@@ -125,7 +125,8 @@ class LiveObjects:
       return old
     olds, treedef = jax.tree_util.tree_flatten(old, is_leaf=self._is_object)
     try:
-      news = treedef.flatten_up_to(new)
+      # jaxlib's stubs do not declare PyTreeDef.flatten_up_to (it exists).
+      news = treedef.flatten_up_to(new)  # type: ignore[attr-defined]
     except (TypeError, ValueError) as e:
       raise TypeError(
           "`train_step` must return a state of the structure of the one it "
@@ -149,7 +150,8 @@ class LiveObjects:
     variable = self._nnx.Variable
     olds, treedef = jax.tree_util.tree_flatten(
         old, is_leaf=lambda x: isinstance(x, variable))
-    news = treedef.flatten_up_to(new)
+    # jaxlib's stubs do not declare PyTreeDef.flatten_up_to (it exists).
+    news = treedef.flatten_up_to(new)  # type: ignore[attr-defined]
     if all(isinstance(o, variable) and isinstance(o.get_raw_value(), jax.Array)
            and isinstance(n, variable) for o, n in zip(olds, news)):
       for o, n in zip(olds, news):

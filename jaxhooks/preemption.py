@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from jaxhooks import signal_handlers
 
@@ -47,7 +47,7 @@ class PreemptionNotice:
     self._signals = tuple(signals)
     self._previous: Dict[int, Any] = {}
     self._event = threading.Event()
-    self.signal_name = None
+    self.signal_name: Optional[str] = None
     self._signum: Any = None
     self._acted = False
     #: Called after a notice is recorded (see :meth:`forward_to`).

@@ -127,7 +127,8 @@ class ProfilerHook(TimerTriggered, Hook):
           "be given, got None for all three.")
     if output_dir is None or not isinstance(output_dir, (str, os.PathLike)):
       raise ValueError(f"`output_dir` must be a path, got {output_dir!r}.")
-    self._num_steps = _check_step("num_steps", num_steps, 1)
+    _check_step("num_steps", num_steps, 1)
+    self._num_steps = num_steps
     self._start_step = _check_step("start_step", start_step, 1)
     self._timer = None
     if save_steps is not None or save_secs is not None:
@@ -231,6 +232,7 @@ class ProfilerHook(TimerTriggered, Hook):
       self._annotation = None
 
   def _stop(self, last_step: int) -> None:
+    assert self._window is not None, "callers stop an open window"
     first, _, log_dir = self._window
     self._window = None
     jax.profiler.stop_trace()

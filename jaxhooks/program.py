@@ -123,8 +123,8 @@ class StepProgram:
     #: the step count ``n``. Else it is ``jitted(state, batch, values)``.
     self.fused = self.steps_per_call > 1 or batch_fn is not None
     donate = (0,) if donate_state else ()
-    self.jitted = jax.jit(self._run_n if self.fused else self._run_1,
-                          donate_argnums=donate)
+    self.jitted: Callable[..., Tuple[Any, Any, Any]] = jax.jit(
+        self._run_n if self.fused else self._run_1, donate_argnums=donate)
     if live is not None:
       self.jitted = live.updating(self.jitted)
 

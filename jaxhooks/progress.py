@@ -145,6 +145,10 @@ class ProgressBarHook(Hook):
   def timer(self) -> Optional[SecondOrStepTimer]:
     return self._timer
 
+  def _begun_timer(self) -> SecondOrStepTimer:
+    assert self._timer is not None, "made by begin"
+    return self._timer
+
   # -- lifecycle --------------------------------------------------------------
 
   def begin(self) -> None:
@@ -170,7 +174,7 @@ class ProgressBarHook(Hook):
     return None
 
   def after_create_session(self, session: Session, coord: Any) -> None:
-    now = self._timer.clock()
+    now = self._begun_timer().clock()
     self._start = self._last = (session.step, now)
 
   def _open(self) -> None:
@@ -194,12 +198,14 @@ class ProgressBarHook(Hook):
     return None if every is None else (step // every + 1) * every
 
   def due(self) -> bool:
-    return self._bar is not None or not self._started or self._timer.due()
+    return (self._bar is not None or not self._started
+            or self._begun_timer().due())
 
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     if not self._started:
       self._open()
-    self._trigger = self._timer.should_trigger_for_step(run_context.step)
+    self._trigger = self._begun_timer().should_trigger_for_step(
+        run_context.step)
     if not self._trigger:
       return None
     fetches = {_STEP: GLOBAL_STEP}
@@ -213,12 +219,13 @@ class ProgressBarHook(Hook):
       self._bar.update(step - self._bar.n)
     if not self._trigger:
       return
-    self._timer.update_last_triggered_step(step)
+    timer = self._begun_timer()
+    timer.update_last_triggered_step(step)
     values = dict(run_values.results)
     del values[_STEP]
     values = scalars.outputs_of(values, _WHO)
     self._postfix = values
-    now = self._timer.clock()
+    now = timer.clock()
     if self._bar is not None:
       if values:
         self._bar.set_postfix_str(_fmt_metrics(values), refresh=False)
@@ -239,7 +246,8 @@ class ProgressBarHook(Hook):
       self._bar.close()
       self._bar = None
     else:
-      self._line(session.step, self._start, self._timer.clock(), final=True)
+      self._line(session.step, self._start, self._begun_timer().clock(),
+                 final=True)
 
   def on_exception(self, session: Session, exc: BaseException) -> None:
     if self._bar is not None:
@@ -267,7 +275,9 @@ class ProgressBarHook(Hook):
       parts.append(f"ETA {_fmt_secs((total - step) / rate)}")
     if self._postfix:
       parts.append(_fmt_metrics(self._postfix))
-    self._stream.write(" | ".join(parts) + "\n")
-    flush = getattr(self._stream, "flush", None)
+    stream = self._stream
+    assert stream is not None, "set by begin"
+    stream.write(" | ".join(parts) + "\n")
+    flush = getattr(stream, "flush", None)
     if callable(flush):
       flush()

@@ -109,7 +109,7 @@ class HookedStep:
     self._readers: Tuple[Callable, ...] = ()
     self._values: tuple = ()
     self._plan = Schedule(steps_per_call=steps_per_call, check_every=None)
-    self._lagged = None           # (ctx, [(hook, device values)])
+    self._lagged: Optional[lag.Lagged] = None  # (ctx, [(hook, values)])
     self._donates = True          # whether the next call may donate the state
     # The quiet path (see _set_quiet): calls from a step below this run no
     # hook, unless coord is woken or one of these due() says so.
@@ -360,18 +360,20 @@ class HookedStep:
     new_state, outputs = result
     fetches = [None if r is None else r.fetches for r in requests]
     held = lag.lagging(hooks, fetches) if self._lag else []
+    held_fetches = [fetches[i] for i in held]
     for i in held:
       fetches[i] = None
     results = fetches
     previous, self._lagged = self._lagged, None
     wants = [i for i, f in enumerate(fetches) if f is not None]
-    monitors = self._reads_monitors(hooks, wants, check and step % check == 0)
+    monitors = self._reads_monitors(hooks, wants,
+                                    bool(check and step % check == 0))
     if previous is not None or wants or monitors:
       results = self._read(fetches, new_state, outputs, step, previous,
                            monitors)
     if held:
       self._lagged = lag.hold(ctx, [hooks[i] for i in held],
-                              [requests[i].fetches for i in held],
+                              held_fetches,
                               new_state, outputs, self._step_fn)
     self._step = step
     self._state = new_state

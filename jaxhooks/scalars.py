@@ -20,7 +20,7 @@ before any trigger step (and the checkpoint saved on it) is lost.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Iterable, NamedTuple, Optional, Tuple
+from typing import Any, Iterable, NamedTuple, Optional, Tuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +66,10 @@ def reportable(value: Any) -> Optional[np.generic]:
     True
   """
   if isinstance(value, Replicated):
-    return np.asarray(value.first).reshape(())[()] if value.equal else None
+    if not value.equal:
+      return None
+    # numpy's stubs type ``a[()]`` as an array; on a 0-d array it is a scalar.
+    return cast(np.generic, np.asarray(value.first).reshape(())[()])
   arr = np.asarray(value)
   if arr.size == 0:
     return None

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, overload
 
 from jaxhooks.hook import NEVER, Hook, RunContext, RunValues, Session
 
 __all__ = ["StopAtStepHook", "GlobalStepWaiterHook"]
 
 log = logging.getLogger("jaxhooks")
+
+
+@overload
+def _check_step_arg(name: str, value: None, *, minimum: int) -> None: ...
+@overload
+def _check_step_arg(name: str, value: int, *, minimum: int) -> int: ...
+@overload
+def _check_step_arg(name: str, value: Any, *, minimum: int) -> Optional[int]:
+  ...
 
 
 def _check_step_arg(name: str, value: Any, *, minimum: int) -> Optional[int]:
@@ -73,21 +82,27 @@ class StopAtStepHook(Hook):
     if self._given_last_step is None:
       self._last_step = self._loaded_last_step
 
+  def _target(self) -> int:
+    assert self._last_step is not None, "set by after_create_session"
+    return self._last_step
+
   def after_create_session(self, session: Session, coord: Any) -> None:
     if self._last_step is None:
+      assert self._num_steps is not None, "one of the two is given"
       self._last_step = session.step + self._num_steps
-    if session.step >= self._last_step:
+    if session.step >= self._target():
       coord.request_stop(
           f"StopAtStepHook: restored step {session.step} is at or past "
           f"last_step {self._last_step}", deterministic=True)
 
   def after_run(self, run_context: RunContext,
                 run_values: RunValues) -> None:
-    if run_context.step >= self._last_step:
+    if run_context.step >= self._target():
       run_context.request_stop(deterministic=True)
 
   def next_step_of_interest(self, step: int):
-    return self._last_step if self._last_step > step else NEVER
+    target = self._target()
+    return target if target > step else NEVER
 
   def state_dict(self) -> Optional[dict]:
     if self._given_last_step is not None or self._last_step is None:

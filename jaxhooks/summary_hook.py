@@ -115,6 +115,7 @@ class SummarySaverHook(TimerTriggered, Hook):
 
   primary_only = True
   accepts_lagged_fetches = True
+  _timer: SecondOrStepTimer   # always set: one of the periods is given
 
   def __init__(self, save_steps: Optional[int] = None,
                save_secs: Optional[float] = None,
@@ -136,7 +137,10 @@ class SummarySaverHook(TimerTriggered, Hook):
                                     names=("save_secs", "save_steps"))
     self._fetches = scalar_outputs if scalars is None else _tagged(scalars)
     self._owns_writer = writer is None
-    self._writer = default_writer(output_dir) if writer is None else writer
+    if writer is None:
+      assert output_dir is not None, "exactly one of the two is given"
+      writer = default_writer(output_dir)
+    self._writer = writer
     self._output_dir = output_dir
     self._skipped: set = set()
 

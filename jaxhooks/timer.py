@@ -163,6 +163,7 @@ class SecondOrStepTimer:
 
   def time_due(self) -> bool:
     """For a time timer: whether its period has passed on this process."""
+    assert self._every_secs is not None, "time_due is for time timers only"
     return (self._last_time is None
             or self._clock() - self._last_time >= self._every_secs)
 
@@ -187,7 +188,7 @@ class SecondOrStepTimer:
     """
     self._claimed = False
     now = self._clock()
-    elapsed = (None, None)
+    elapsed: Tuple[Optional[float], Optional[int]] = (None, None)
     if self._last_time is not None and self._last_step is not None:
       elapsed = (now - self._last_time, step - self._last_step)
     self._last_time = now

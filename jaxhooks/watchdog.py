@@ -40,6 +40,7 @@ import os
 import sys
 import threading
 import time
+from types import FrameType
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from jaxhooks.errors import CoordinationTimeoutError, StallError
@@ -66,11 +67,12 @@ def _frame_name(frame: Any) -> str:
 def main_thread_location() -> str:
   """Where the main thread is: its innermost function and, when that is
   inside jax or numpy, the innermost caller outside them."""
-  frame = sys._current_frames().get(threading.main_thread().ident)
+  ident = threading.main_thread().ident
+  frame = None if ident is None else sys._current_frames().get(ident)
   if frame is None:
     return "an unknown place"
   where = _frame_name(frame)
-  caller = frame
+  caller: Optional[FrameType] = frame
   while caller is not None and any(
       lib in caller.f_code.co_filename for lib in _LIBRARIES):
     caller = caller.f_back
@@ -211,7 +213,7 @@ class Watchdog:
       self._step, self._step_since = step, now
     self._publish({"step": step, "where": main_thread_location()})
     self._read_peers(now)
-    error = self._lost_peer(now)
+    error = self._lost_peer(now, step)
     if error is None and now - self._step_since >= self._stall:
       error = StallError(self._me, step, self._stall, "stall_timeout_secs",
                          f": its main thread is in {main_thread_location()}"
@@ -231,6 +233,7 @@ class Watchdog:
     """Ends the process. Process 0 runs the coordination service: when it
     ends, JAX aborts the others before their watchdogs report. It first
     waits (``timeout_secs`` at most) while another process still beats."""
+    assert self._ending is not None, "set by _fire before the process ends"
     error, deadline = self._ending
     if self._me == 0 and now < deadline:
       self._read_peers(now)
@@ -263,17 +266,17 @@ class Watchdog:
       if seen is None or seen[0] != beat["beat"]:
         self._peers[q] = (beat["beat"], now, beat)
 
-  def _lost_peer(self, now: float) -> Optional[BaseException]:
+  def _lost_peer(self, now: float, step: int) -> Optional[BaseException]:
     if self.in_check:   # the check's own deadline names the peer
       return None
     for q, (_, since, beat) in sorted(self._peers.items()):
       if (not beat.get("done") and not beat.get("ended")
           and now - since >= self._timeout):
-        check = (self._step // self._check_every + 1) * self._check_every
+        check = (step // self._check_every + 1) * self._check_every
         return CoordinationTimeoutError(
             check, q, self._timeout,
             f" (no heartbeat from it since its step {beat.get('step')}; "
-            f"this process is at step {self._step}, its main thread in "
+            f"this process is at step {step}, its main thread in "
             f"{main_thread_location()})")
     return None
 

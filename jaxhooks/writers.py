@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Mapping
 from typing import (Any, Callable, Dict, Iterable, Optional, Protocol,
-                    runtime_checkable)
+                    Union, runtime_checkable)
 
 from jaxhooks.scalars import scalar
 
@@ -349,7 +349,7 @@ def open_writer(writer: MetricWriter, output_dir: Any = None) -> None:
         f"directory: {type(e).__name__}: {e}") from e
 
 
-def default_writer(logdir: str) -> MetricWriter:
+def default_writer(logdir: Union[str, os.PathLike]) -> MetricWriter:
   """A :class:`TensorBoardWriter` in ``logdir``; a :class:`JsonlWriter`
   (``logdir/metrics.jsonl``) when ``tensorboardX`` is not installed.
 
@@ -364,4 +364,4 @@ def default_writer(logdir: str) -> MetricWriter:
     log.warning("tensorboardX is not installed; summaries go to %s.",
                 os.path.join(logdir, "metrics.jsonl"))
     return JsonlWriter(os.path.join(logdir, "metrics.jsonl"))
-  return TensorBoardWriter(logdir)
+  return TensorBoardWriter(os.fspath(logdir))
