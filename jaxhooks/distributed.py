@@ -38,6 +38,7 @@ import jax
 
 from jaxhooks.coord import Coordinator
 from jaxhooks.errors import CoordinationTimeoutError
+from jaxhooks.jax_private import distributed_client
 from jaxhooks.timer import SecondOrStepTimer, check_period
 from jaxhooks.watchdog import Watchdog
 
@@ -45,21 +46,6 @@ __all__ = ["DistributedCoordinator", "default_coordinator",
            "distributed_client"]
 
 _namespaces = itertools.count()
-
-
-def distributed_client() -> Any:
-  """The ``jax.distributed`` key-value client of this process.
-
-  Raises:
-    RuntimeError: ``jax.distributed.initialize()`` was not called.
-  """
-  from jax._src import distributed  # the client Orbax uses too
-  client = distributed.global_state.client
-  if client is None:
-    raise RuntimeError(
-        "DistributedCoordinator needs `jax.distributed.initialize()` to have "
-        "been called in this process.")
-  return client
 
 
 def default_coordinator() -> Coordinator:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxhooks.hook import DeviceMonitor
+from jaxhooks.jax_private import jit_donate_argnums
 from jaxhooks.nnx_state import LiveObjects
 
 __all__ = ["StepProgram", "donates_state", "merge_feeds"]
@@ -34,8 +35,7 @@ __all__ = ["StepProgram", "donates_state", "merge_feeds"]
 def donates_state(train_step: Any) -> bool:
   """True when ``train_step`` is a ``jax.jit`` function that donates its
   first argument (the state); the runner's own program then does too."""
-  info = getattr(train_step, "_jit_info", None)
-  return 0 in tuple(getattr(info, "donate_argnums", ()) or ())
+  return 0 in (jit_donate_argnums(train_step) or ())
 
 
 def check_step_result(result: Any) -> None:

@@ -35,6 +35,7 @@ from jaxhooks.errors import LifecycleError, StepMismatchError
 from jaxhooks.failures import Failures
 from jaxhooks.hook import (Hook, RunArgs, RunContext, RunValues, Session,
                            check_hooks)
+from jaxhooks.jax_private import jit_donate_argnums
 from jaxhooks.program import (StepProgram, check_step_result, donates_state,
                               merge_feeds)
 from jaxhooks.schedule import Schedule
@@ -221,7 +222,7 @@ class HookedStep:
     # does, which is known for a `jax.jit` function only.
     if self._program is not None:
       self._donates = self._donate
-    elif hasattr(self._train_step, "_jit_info"):
+    elif jit_donate_argnums(self._train_step) is not None:
       self._donates = donates_state(self._train_step)
     else:
       self._donates = True

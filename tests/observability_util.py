@@ -1,5 +1,5 @@
-"""Helpers of the observability tests: a scripted step, a fake clock, a
-loop driver and a spy on the runner's device reads."""
+"""Helpers of the observability tests: a scripted step, a loop driver and
+a spy on the runner's device reads (the fake clock is ``_util``'s)."""
 
 import jax
 import jax.numpy as jnp
@@ -30,19 +30,6 @@ def expected(losses, steps):
 
 def state_at(step=0):
   return {"step": jnp.asarray(step, jnp.int32)}
-
-
-class FakeClock:
-  """A clock that moves only when told to."""
-
-  def __init__(self, t=0.0):
-    self.t = float(t)
-
-  def __call__(self):
-    return self.t
-
-  def advance(self, secs):
-    self.t += secs
 
 
 def run(train_step, hooks, state=None, *, max_calls=10_000):

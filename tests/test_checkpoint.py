@@ -14,7 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 import jaxhooks as jh
-from conftest import dict_state, dict_step, run_loop, run_with_save_held
+from _util import (FakeClock, dict_state, dict_step, run_loop,
+                   run_with_save_held)
 from jaxhooks import session as session_lib
 
 
@@ -40,15 +41,6 @@ def on_disk(path):
 def saved_json(path, step, item):
   with open(os.path.join(path, str(step), item, "metadata")) as f:
     return json.load(f)
-
-
-class FakeClock:
-
-  def __init__(self):
-    self.t = 0.0
-
-  def __call__(self):
-    return self.t
 
 
 class Counter(jh.SessionRunHook):

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import jaxhooks as jh
-from conftest import dict_state, dict_step
+from _util import dict_state, dict_step
 
 
 def train(hooks, state=None, *, train_step=dict_step, batch=None):

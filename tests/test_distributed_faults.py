@@ -10,7 +10,7 @@ import pytest
 
 import jaxhooks as jh
 from jaxhooks import watchdog
-from conftest import dict_step, dict_state
+from _util import dict_step, dict_state
 
 
 class PeerStore:

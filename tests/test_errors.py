@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxhooks as jh
-from conftest import dict_state, dict_step
+from _util import dict_state, dict_step
 
 
 def test_state_without_step():

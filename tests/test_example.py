@@ -18,6 +18,7 @@ def _load_example():
   return module
 
 
+@pytest.mark.slow
 def test_train_digits_learns_and_logs_every_n_steps(capsys, tmp_path):
   example = _load_example()
   accuracy = example.main(["--steps", "300", "--log-every", "100",

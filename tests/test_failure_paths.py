@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import jaxhooks as jh
-from conftest import Recorder, dict_state, dict_step
+from _util import Recorder, dict_state, dict_step
 from jaxhooks import checkpoint_io, checkpoint_lock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -108,6 +108,7 @@ if how == "exit":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how, rc, said", [
     ("raise", 1, "exiting on OSError at step 5 without `end()`"),
     ("interrupt", -signal.SIGINT, "exiting on KeyboardInterrupt at step 5"),
@@ -190,6 +191,7 @@ sys.stdin.readline()      # training goes on; killed here
 """
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_and_a_killed_ones_lock_is_no_obstacle(
     tmp_path):
   proc, line = start_python(_RUN_AND_HOLD, tmp_path, stdin=subprocess.PIPE)
@@ -401,6 +403,7 @@ for _ in range(3):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how, sig, rc", [
     ("two_savers", signal.SIGTERM, -signal.SIGTERM),
     ("one_saver", signal.SIGINT, -signal.SIGINT),

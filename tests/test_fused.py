@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxhooks as jh
-from conftest import count_compiles
+from _util import count_compiles
 
 DATA = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
 

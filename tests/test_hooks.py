@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxhooks as jh
-from conftest import FakeClock, Recorder, dict_state, dict_step, run_loop
+from _util import FakeClock, Recorder, dict_state, dict_step, run_loop
 
 
 def _w0(k):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxhooks as jh
-from conftest import Recorder, dict_state, dict_step, run_loop
+from _util import Recorder, dict_state, dict_step, run_loop
 
 
 def test_exact_call_order_and_every_after_run_runs_after_a_stop_request():

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test starts JAX processes
+
 WORKER = pathlib.Path(__file__).with_name("mp_worker.py")
 
 

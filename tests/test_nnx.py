@@ -16,7 +16,7 @@ from flax import nnx
 import jaxhooks as jh
 from jaxhooks import nnx_state
 from jaxhooks.checkpoint_restore import structure_diff
-from conftest import Recorder, dict_state, run_with_save_held
+from _util import Recorder, dict_state, run_with_save_held
 
 
 class Net(nnx.Module):

@@ -8,7 +8,8 @@ import pytest
 
 import jaxhooks as jh
 from jaxhooks import profiler_hook
-from observability_util import FakeClock, FetchSpy, run, scripted_step, state_at
+from _util import FakeClock
+from observability_util import FetchSpy, run, scripted_step, state_at
 
 LOSSES = [float(k) for k in range(1, 21)]
 

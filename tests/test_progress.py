@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import pytest
 
 import jaxhooks as jh
-from observability_util import (FakeClock, FetchSpy, run, scripted_step,
-                                state_at)
+from _util import FakeClock
+from observability_util import FetchSpy, run, scripted_step, state_at
 
 LOSSES = [1.0 / k for k in range(1, 1001)]
 

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -23,6 +25,7 @@ def run_script(code, cwd):
                         capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_quick_start_runs_and_resumes(tmp_path):
   blocks = quick_start_blocks()
   assert len(blocks) == 2   # the wrap() loop and MonitoredTrainingSession

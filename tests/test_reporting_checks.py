@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxhooks as jh
-from conftest import dict_state, dict_step
+from _util import dict_state, dict_step
 
 
 def test_final_op_stop_iteration_reaches_the_caller_as_raised():
@@ -204,6 +204,7 @@ except ValueError as e:
 """
 
 
+@pytest.mark.slow
 def test_pmap_outputs_on_two_devices_follow_the_one_rule(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=2",

@@ -23,6 +23,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # every test kills and resumes a process
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOB = os.path.join(HERE, "resume_job.py")
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}

@@ -86,6 +86,7 @@ print(len(jax.devices()), snap["x"].sharding == sharding,
 """
 
 
+@pytest.mark.slow
 def test_sharded_and_other_device_leaves_are_copied_on_their_devices():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
          "JAX_PLATFORMS": "cpu"}

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jaxhooks as jh
-from conftest import Recorder, dict_state, dict_step, run_loop
+from _util import Recorder, dict_state, dict_step, run_loop
 
 
 @pytest.mark.parametrize("start,last,expected_calls", [

@@ -13,8 +13,9 @@ from tensorboard.backend.event_processing.event_accumulator import (
 import jaxhooks as jh
 from jaxhooks import session as session_lib
 from jaxhooks import writers as writers_lib
-from observability_util import (FakeClock, FetchSpy, expected, run,
-                                scripted_step, state_at)
+from _util import FakeClock
+from observability_util import (FetchSpy, expected, run, scripted_step,
+                                state_at)
 
 LOSSES = [0.5 + 1.0 / k for k in range(1, 31)]
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxhooks as jh
-from conftest import count_compiles
+from _util import count_compiles
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jaxhooks as jh
-from conftest import FakeClock
+from _util import FakeClock
 
 
 @settings(max_examples=60, deadline=None)
