@@ -20,7 +20,7 @@ import jax
 __all__ = ["jit_donate_argnums", "distributed_client"]
 
 _log = logging.getLogger("jaxhooks")
-_warned = []  # one warning per process when `_jit_info` is gone
+_warned: list = []  # one warning per process when `_jit_info` is gone
 
 
 def jit_donate_argnums(fn: Any) -> Optional[Tuple[int, ...]]:
