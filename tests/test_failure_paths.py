@@ -383,7 +383,7 @@ real = cio.step_writer
 def held_writer(manager, step, *args, **kwargs):
   write = real(manager, step, *args, **kwargs)
   def held(state):
-    if step == 2:
+    if step == 2 and os.path.basename(str(manager.directory)) == "a":
       while not threading._SHUTTING_DOWN:
         time.sleep(0.005)
       print("held", flush=True)
