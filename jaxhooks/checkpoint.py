@@ -365,6 +365,9 @@ class CheckpointSaverHook(Hook):
     return self._poll_service or (self._timer is not None and
                                   self._timer.due())
 
+  def timers(self) -> tuple:
+    return () if self._timer is None else (self._timer,)
+
   def before_run(self, run_context: RunContext) -> Optional[RunArgs]:
     step = run_context.step
     preempted = self._save_on_preemption and self._coord is not None and (

@@ -57,8 +57,13 @@ def default_coordinator() -> Coordinator:
 
 
 def _time_timers(hook: Any) -> List[SecondOrStepTimer]:
-  return [v for v in vars(hook).values()
-          if isinstance(v, SecondOrStepTimer) and v.every_secs is not None]
+  """The time timers a hook declares (``Hook.timers()``)."""
+  timers = list(hook.timers())
+  for timer in timers:
+    if not isinstance(timer, SecondOrStepTimer):
+      raise TypeError(f"`{type(hook).__name__}.timers()` must return "
+                      f"SecondOrStepTimer objects, got {timer!r}.")
+  return [t for t in timers if t.every_secs is not None]
 
 
 class DistributedCoordinator(Coordinator):

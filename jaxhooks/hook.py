@@ -33,7 +33,8 @@ updates the state will hold once this call finishes, so a hook that acts
 several steps (``wrap(..., steps_per_call=K)``): then ``run_context.step -
 run_context.start_step`` steps ran in it.
 
-Three optional methods make a hooked loop cost nearly nothing per step:
+Optional methods make a hooked loop cost nearly nothing per step and agree
+across processes:
 
 - ``next_step_of_interest(step)``: the next global step the hook acts on.
   The runner ends a call exactly there and does not call any hook on calls
@@ -44,6 +45,9 @@ Three optional methods make a hooked loop cost nearly nothing per step:
 - ``device_monitors()``: values the runner keeps on the device, updated
   inside the step's own program, and hands to the hook whenever it reads
   the device anyway (``NanTensorHook``'s first non-finite step).
+- ``timers()``: the time timers the hook fires by, which a multi-process
+  coordinator shares (process 0's clock decides, every process fires at
+  the same step).
 - ``accepts_lagged_fetches``: with ``wrap(..., lag_fetches=True)`` the
   values of step N reach ``after_run`` while step N + 1 runs.
 
@@ -334,6 +338,14 @@ class Hook:
     coming call must run it (a time trigger whose period has passed). The
     default, ``True``, runs it on every call."""
     return True
+
+  def timers(self) -> tuple:
+    """The :class:`~jaxhooks.timer.SecondOrStepTimer` objects this hook
+    fires by. In a multi-process job the coordinator shares the decisions
+    of the time timers among them (process 0's clock decides), so that
+    they fire at the same step everywhere; a time timer that is not
+    declared here fires by each process's own clock."""
+    return ()
 
   def device_monitors(self) -> tuple:
     """:class:`DeviceMonitor` values the runner keeps for this hook."""

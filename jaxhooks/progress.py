@@ -145,6 +145,9 @@ class ProgressBarHook(Hook):
   def timer(self) -> Optional[SecondOrStepTimer]:
     return self._timer
 
+  def timers(self) -> tuple:
+    return () if self._timer is None else (self._timer,)
+
   def _begun_timer(self) -> SecondOrStepTimer:
     assert self._timer is not None, "made by begin"
     return self._timer

@@ -246,3 +246,6 @@ class TimerTriggered:
 
   def due(self) -> bool:
     return self._timer is not None and self._timer.due()
+
+  def timers(self) -> tuple:
+    return () if self._timer is None else (self._timer,)

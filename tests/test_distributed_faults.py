@@ -226,3 +226,58 @@ def test_a_check_that_times_out_arms_the_exit(tmp_path):
     atexit.unregister(watchdog.exit_now)
   assert coord.watchdog.lost is info.value
   assert not coord.watchdog.in_check
+
+
+class Process0Due(PeerStore):
+  """Process 0 said at every check that its time timers are due."""
+
+  def blocking_key_value_get(self, key, ms):
+    if key.endswith("/0") and "/check/" in key:
+      return json.dumps({"stop": [], "preempt": False, "due": [True]})
+    return super().blocking_key_value_get(key, ms)
+
+
+def test_time_timers_are_shared_as_the_hooks_declare_them(clock):
+  class TimersInAList(jh.SessionRunHook):   # not an attribute of its own
+    def __init__(self):
+      self.held = [jh.SecondOrStepTimer(every_secs=60, clock=clock)]
+    def timers(self):
+      return tuple(self.held)
+  class Undeclared(jh.SessionRunHook):
+    def __init__(self):
+      self._timer = jh.SecondOrStepTimer(every_secs=60, clock=clock)
+  declared, undeclared = TimersInAList(), Undeclared()
+  coord = jh.DistributedCoordinator(
+      check_every_n_steps=10, client=Process0Due(), process_index=1,
+      process_count=2, namespace="ns")
+  coord.bind([declared, undeclared])
+  coord.check(10)
+  shared, own = declared.held[0], undeclared._timer
+  # Process 0 decides the declared timer: at the check step, never between.
+  assert [shared.should_trigger_for_step(s) for s in (10, 11)] == [True, False]
+  # The undeclared one follows this process's clock (first call: due).
+  assert [own.should_trigger_for_step(s) for s in (10, 11)] == [True, True]
+
+
+def test_timers_must_be_timers():
+  class Wrong(jh.SessionRunHook):
+    def timers(self):
+      return (60,)
+  coord = jh.DistributedCoordinator(
+      check_every_n_steps=10, client=PeerStore(), process_index=1,
+      process_count=2, namespace="ns")
+  with pytest.raises(TypeError, match=r"`Wrong.timers\(\)` must return "
+                     "SecondOrStepTimer objects, got 60."):
+    coord.bind([Wrong()])
+
+
+def test_every_built_in_timed_hook_declares_its_timer(tmp_path):
+  hooks = [jh.LoggingTensorHook(["loss"], every_n_secs=5),
+           jh.StepCounterHook(every_n_secs=5),
+           jh.SummarySaverHook(save_secs=5, output_dir=tmp_path / "s"),
+           jh.NanTensorHook("loss", every_n_iter=5),
+           jh.EarlyStoppingHook("loss", every_n_iter=5),
+           jh.ProfilerHook(save_secs=5, output_dir=tmp_path / "p"),
+           jh.CheckpointSaverHook(tmp_path / "c", save_secs=5)]
+  assert [len(h.timers()) for h in hooks] == [1] * len(hooks)
+  assert jh.StopAtStepHook(last_step=3).timers() == ()
