@@ -74,6 +74,9 @@ class TimeStop(jh.SessionRunHook):
     self.timer = jh.SecondOrStepTimer(every_secs=secs, clock=clock)
     self.fired = []
 
+  def timers(self):
+    return (self.timer,)   # shared: process 0's clock decides
+
   def before_run(self, run_context):
     if self.timer.should_trigger_for_step(run_context.step):
       self.timer.update_last_triggered_step(run_context.step)
