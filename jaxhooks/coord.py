@@ -131,6 +131,10 @@ class Coordinator:
     the loop's step while it runs and ``None`` after; a multi-process
     coordinator starts its watchdog with it."""
 
+  def unwatch(self) -> None:
+    """Called by the runner when the loop has ended (``end`` or
+    ``abort``): a watchdog thread stops before the interpreter exits."""
+
   def check(self, step: int) -> None:
     """Called before the hooks of a check step (never in one process)."""
 

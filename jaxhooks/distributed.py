@@ -201,6 +201,12 @@ class DistributedCoordinator(Coordinator):
     if self._watchdog is not None and self.process_count > 1:
       self._watchdog.watch(progress, thread=True)
 
+  def unwatch(self) -> None:
+    """Stops the watchdog thread of a loop that ended (see
+    ``Watchdog.stop``)."""
+    if self._watchdog is not None:
+      self._watchdog.stop()
+
   def _key(self, step: int, process: int) -> str:
     return f"{self._ns}/check/{step}/{process}"
 

@@ -500,6 +500,7 @@ class HookedStep:
     it. ``on_exception``: errors are attached to ``exc``."""
     self._leave(phase)
     process_exit.untrack(self)
+    self.coord.unwatch()
     session = self.session()
     failures = Failures(exc)
     args: tuple = (session,) if exc is None else (session, exc)

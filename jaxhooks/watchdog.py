@@ -161,6 +161,7 @@ class Watchdog:
     self._lost: Optional[BaseException] = None
     self._ending: Optional[Tuple[BaseException, float]] = None
     self._thread: Optional[threading.Thread] = None
+    self._wake = threading.Event()
     #: Set by the coordinator while its main thread waits in a check.
     self.in_check = False
 
@@ -177,8 +178,19 @@ class Watchdog:
 
   def _run(self) -> None:
     while self.poll():
-      time.sleep(self.poll_secs)
+      self._wake.wait(self.poll_secs)
     self._thread = None
+
+  def stop(self) -> None:
+    """The loop ended: the thread says so to the other processes and ends,
+    and this waits for it, so that the interpreter's exit never cuts the
+    thread inside a call into the runtime (which aborts the process). After
+    a lost peer or an error it goes on: it still has to end the process."""
+    thread = self._thread
+    if thread is None or self._lost is not None or self._ending is not None:
+      return
+    self._wake.set()
+    thread.join(timeout=max(5.0, 4 * self.poll_secs))
 
   @property
   def lost(self) -> Optional[BaseException]:

@@ -281,3 +281,17 @@ def test_every_built_in_timed_hook_declares_its_timer(tmp_path):
            jh.CheckpointSaverHook(tmp_path / "c", save_secs=5)]
   assert [len(h.timers()) for h in hooks] == [1] * len(hooks)
   assert jh.StopAtStepHook(last_step=3).timers() == ()
+
+
+def test_a_loop_that_ended_stops_its_watchdog_thread_before_the_exit():
+  """The thread is joined when the session ends, after telling the other
+  processes: the interpreter's exit never cuts it inside a runtime call."""
+  (dog, _), _, ended = watchdog_pair(poll_secs=3600)   # it would sleep on
+  step = [5]
+  dog.watch(lambda: step[0], thread=True)
+  thread = dog._thread
+  assert thread is not None and thread.is_alive()
+  step[0] = None                # the loop ended
+  dog.stop()
+  assert not thread.is_alive() and ended == []
+  assert json.loads(dog._client["ns/beat/0"])["done"] is True
