@@ -63,6 +63,13 @@ def _check_int(name: str, value: Any, minimum: int) -> Optional[int]:
   return value
 
 
+def _check_choice(name: str, value: Any, choices: Tuple[str, str]) -> str:
+  if value not in choices:
+    raise ValueError(f"`{name}` must be {choices[0]!r} or {choices[1]!r}, "
+                     f"got {value!r}.")
+  return value
+
+
 def _end_earlier_sessions(directory: str) -> None:
   """Aborts the sessions of this process left open (not ended) that still
   hold ``directory``: a notebook cell run again after an error, say. A
@@ -191,22 +198,15 @@ class CheckpointSaverHook(Hook):
                                       names=("save_secs", "save_steps"))
     self._max_to_keep = _check_int("max_to_keep", max_to_keep, 1)
     self._keep_period = _check_int("keep_period", keep_period, 1)
-    if best_mode not in ("min", "max"):
-      raise ValueError(f"`best_mode` must be 'min' or 'max', got {best_mode!r}.")
+    _check_choice("best_mode", best_mode, ("min", "max"))
     if best_metric is not None and not isinstance(best_metric, str):
       raise ValueError("`best_metric` must be the name of an output, got "
                        f"{best_metric!r}.")
-    if restore_dtypes not in ("exact", "cast"):
-      raise ValueError("`restore_dtypes` must be 'exact' or 'cast', got "
-                       f"{restore_dtypes!r}.")
-    self._restore_dtypes = restore_dtypes
-    if foreign_checkpoints not in ("raise", "warn"):
-      raise ValueError("`foreign_checkpoints` must be 'raise' or 'warn', got "
-                       f"{foreign_checkpoints!r}.")
-    self._foreign = foreign_checkpoints
-    if on_nonfinite not in ("raise", "stop"):
-      raise ValueError("`on_nonfinite` must be 'raise' or 'stop', got "
-                       f"{on_nonfinite!r}.")
+    self._restore_dtypes = _check_choice("restore_dtypes", restore_dtypes,
+                                         ("exact", "cast"))
+    self._foreign = _check_choice("foreign_checkpoints", foreign_checkpoints,
+                                  ("raise", "warn"))
+    _check_choice("on_nonfinite", on_nonfinite, ("raise", "stop"))
     for i, listener in enumerate(listeners):
       if not isinstance(listener, CheckpointSaverListener):
         raise TypeError(f"`listeners[{i}]` must be a CheckpointSaverListener,"

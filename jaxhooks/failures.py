@@ -20,21 +20,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, List, Optional
 
-__all__ = ["Failures", "add_note"]
+__all__ = ["Failures"]
 
 log = logging.getLogger("jaxhooks")
-
-
-def add_note(exc: BaseException, note: str) -> None:
-  """Adds ``note`` to ``exc`` (shown under its traceback).
-
-  Example:
-    >>> e = ValueError("bad batch")
-    >>> add_note(e, "jaxhooks: the last checkpoint is step 4")
-    >>> e.__notes__
-    ['jaxhooks: the last checkpoint is step 4']
-  """
-  exc.add_note(note)
 
 
 class Failures:
@@ -68,8 +56,8 @@ class Failures:
       return
     self.others.append(error)
     log.error("%s failed: %s: %s", what, type(error).__name__, error)
-    add_note(self.first, f"jaxhooks: {what} failed too: "
-             f"{type(error).__name__}: {error}")
+    self.first.add_note(f"jaxhooks: {what} failed too: "
+                        f"{type(error).__name__}: {error}")
 
   def run(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
     """Calls ``fn(*args)``; an error it raises is recorded, not raised.

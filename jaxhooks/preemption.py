@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Optional, Sequence, Set
 
 from jaxhooks import signal_handlers
 
@@ -45,7 +45,7 @@ class PreemptionNotice:
 
   def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
     self._signals = tuple(signals)
-    self._previous: Dict[int, Any] = {}
+    self._subscribed: Set[int] = set()   # signals handled by this notice
     self._event = threading.Event()
     self.signal_name: Optional[str] = None
     self._signum: Any = None
@@ -59,7 +59,7 @@ class PreemptionNotice:
 
   @property
   def installed(self) -> bool:
-    return bool(self._previous)
+    return bool(self._subscribed)
 
   def notify(self, signum: Any = None, frame: Any = None) -> None:
     """Records a preemption notice (the signal handler)."""
@@ -86,7 +86,7 @@ class PreemptionNotice:
 
   def install(self) -> bool:
     """Installs the handlers; returns False off the main thread."""
-    if self._previous:
+    if self._subscribed:
       return True
     if threading.current_thread() is not threading.main_thread():
       log.warning("Preemption signals are not handled: signal handlers can "
@@ -94,15 +94,15 @@ class PreemptionNotice:
       return False
     for sig in self._signals:
       signal_handlers.subscribe(sig, self.notify)
-      self._previous[sig] = True
+      self._subscribed.add(sig)
     return True
 
   def uninstall(self) -> None:
     """Stops handling the signals; once no notice handles a signal, the
     handler that was there before the first one is back."""
-    previous, self._previous = self._previous, {}
+    subscribed, self._subscribed = self._subscribed, set()
     unhandled = self.received and self._signum is not None and not self._acted
-    for sig in previous:
+    for sig in subscribed:
       signal_handlers.unsubscribe(sig, self.notify,
                                   unhandled=unhandled and sig == self._signum)
 
